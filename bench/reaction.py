@@ -1,0 +1,178 @@
+"""Reaction to a 5x load step: tierscale's HPA settings against the lab's threshold rule, same harness.
+
+For each config, one group (process tier, real nginx, real HTTP) starts at 1 replica under a base load,
+then the offered rate jumps 5x. Measured from the step:
+  - first request served by a replica that did not exist before the step (from nginx's access log),
+  - the group reaching 5 ready replicas.
+Both configs run in this one process on this machine, so the printed ratios compare like with like.
+
+    .venv/bin/python bench/reaction.py [--base-rps 6] [--timeout 150]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tierscale.config import load_config_text
+from tierscale.controller.background import BackgroundController
+from tierscale.controller.runner import down
+from tierscale.loadgen import LoadRunner
+
+POLICIES = {
+    "tierscale (hpa, sync 1s)": """
+    sync_period: 1s
+    policy: hpa
+    metrics: [{type: cpu, target: 50}]
+    cpu_initialization_period: 3s
+    initial_readiness_delay: 1s
+""",
+    "lab (threshold 20/5%, step 1, cooldown 15s, sync 8s)": """
+    sync_period: 8s
+    policy: threshold
+    metrics: [{type: cpu, target: 50}]
+    threshold: {metric: cpu, upper: 20, lower: 5, step: 1, cooldown: 15s}
+""",
+}
+
+TEMPLATE = """\
+state_dir: {state_dir}
+groups:
+  - name: bench
+    tier: {tier}
+    min: 1
+    max: 5
+{policy}
+    template: {template}
+    health: {{path: /healthz, interval: 250ms, timeout: 1s, healthy_after: 1, unhealthy_after: 3,
+             startup_grace: 30s}}
+    drain_timeout: 5s
+    balancer: {{type: nginx, listen: "127.0.0.1:{port}", algorithm: least_conn}}
+"""
+
+PROCESS_TEMPLATE = (
+    '{{command: ["python3", "-m", "tierscale.workload", "--port", "{{port}}"], '
+    "port_range: [{lo}, {hi}], cpus: 0.25}}"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def first_new_upstream_after(log: Path, step_wall: float, old: set[str]) -> float | None:
+    """Wall time of the first request after the step answered by an upstream that is not in `old`."""
+    with log.open() as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            t = float(rec.get("msec") or rec.get("time") or 0)
+            addr = str(rec.get("upstream_addr") or "").split(",")[-1].strip()
+            if (
+                t >= step_wall
+                and addr
+                and addr != "-"
+                and addr not in old
+                and str(rec.get("status")) == "200"
+            ):
+                return t
+    return None
+
+
+def run_one(name: str, policy: str, tier: str, base_rps: float, timeout: float) -> dict[str, Any]:
+    sd = Path(tempfile.mkdtemp(prefix="tierscale-bench-"))
+    port = free_port()
+    lo = 23000 + (port % 40) * 25
+    template = PROCESS_TEMPLATE.format(lo=lo, hi=lo + 24)
+    cfg = load_config_text(
+        TEMPLATE.format(state_dir=sd, tier=tier, policy=policy, template=template, port=port), "bench.yaml"
+    )
+    url = f"http://127.0.0.1:{port}/work?ms=20"
+    out: dict[str, Any] = {"config": name}
+    bg = BackgroundController(cfg)
+    try:
+        bg.start()
+        deadline = time.monotonic() + 30
+        while bg.status("bench")["ready"] < 1:
+            if time.monotonic() > deadline:
+                raise RuntimeError("first replica never became ready")
+            time.sleep(0.1)
+        warm = 6.0
+        step_mono: list[float] = []
+
+        def rate(t: float) -> float:
+            return base_rps if t < warm else 5 * base_rps
+
+        runner = LoadRunner(url, rate, warm + timeout).start()
+        t0 = time.monotonic()
+        time.sleep(warm)
+        step_wall = time.time()
+        step_mono.append(time.monotonic())
+        old = {r["address"] for r in bg.status("bench")["replicas"]}
+        to_five = None
+        while time.monotonic() - step_mono[0] < timeout:
+            st = bg.status("bench")
+            if st["ready"] >= 5:
+                to_five = time.monotonic() - step_mono[0]
+                break
+            time.sleep(0.1)
+        time.sleep(1.0)  # let the access log catch the first requests of the last replica
+        runner.stop()
+        result = runner.result(timeout=30)
+        gc = bg.controller.groups["bench"]  # type: ignore[union-attr]
+        log = Path(gc.balancer.access_log_path)  # type: ignore[union-attr]
+        first_new = first_new_upstream_after(log, step_wall, old)
+        out.update(
+            step_to_first_new_replica_s=None if first_new is None else round(first_new - step_wall, 2),
+            step_to_five_ready_s=None if to_five is None else round(to_five, 2),
+            requests=result.sent,
+            failed=result.failed,
+            p95_ms=round(result.latencies.get("p95", 0.0), 1),
+            elapsed_s=round(time.monotonic() - t0, 1),
+        )
+    finally:
+        bg.stop()
+        down(cfg)
+        shutil.rmtree(sd, ignore_errors=True)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base-rps", type=float, default=6.0)
+    ap.add_argument("--timeout", type=float, default=150.0, help="give up on reaching 5 replicas after this")
+    ap.add_argument("--tier", default="process", choices=["process"])
+    args = ap.parse_args()
+    rows = [run_one(name, pol, args.tier, args.base_rps, args.timeout) for name, pol in POLICIES.items()]
+    base, lab = rows[0], rows[1]
+    print(f"{'config':<55} {'step→new replica':>17} {'step→5 ready':>13} {'failed':>7} {'p95 ms':>7}")
+    for r in rows:
+        print(
+            f"{r['config']:<55} {r['step_to_first_new_replica_s']!s:>17} {r['step_to_five_ready_s']!s:>13} "
+            f"{r['failed']:>7} {r['p95_ms']:>7}"
+        )
+    for key, label in (
+        ("step_to_first_new_replica_s", "first new replica serving"),
+        ("step_to_five_ready_s", "1 → 5 ready"),
+    ):
+        if base[key] and lab[key]:
+            print(f"ratio lab/tierscale, {label}: {lab[key] / base[key]:.1f}x")
+        else:
+            print(f"ratio lab/tierscale, {label}: n/a (lab {lab[key]}, tierscale {base[key]})")
+    print(json.dumps(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+from tierscale.cli import main
+
+main()

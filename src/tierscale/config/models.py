@@ -1,0 +1,536 @@
+"""The configuration schema (SPEC §1) as pydantic v2 models.
+
+Field names are exactly the YAML keys, so `group.health.startup_grace` reads like the file. Every model
+forbids unknown keys: a misspelt key silently falling back to a default is the worst config bug there is,
+and it also keeps credentials out of group configs (OpenStack auth belongs in clouds.yaml).
+
+Durations are stored as float seconds and sizes as int bytes, whatever spelling the file used.
+
+Cross-field rules raise `PydanticCustomError("tierscale", ...)` with a `loc` in the context naming the
+offending field relative to the model that raised it; the loader appends it to pydantic's location, so
+the user sees `groups[0].max: must be >= min (1)` and not an error on the whole group.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import shlex
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeAlias
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from tierscale.config.durations import parse_duration, parse_size
+
+__all__ = [
+    "METRIC_TYPES",
+    "TIERS",
+    "ApiConfig",
+    "BalancerConfig",
+    "BehaviorConfig",
+    "Config",
+    "DockerGroup",
+    "DockerTemplate",
+    "Group",
+    "GroupBase",
+    "HealthConfig",
+    "LibvirtGroup",
+    "LibvirtTemplate",
+    "MetricConfig",
+    "OpenstackGroup",
+    "OpenstackTemplate",
+    "ProcessGroup",
+    "ProcessTemplate",
+    "PrometheusMetric",
+    "RatePolicyConfig",
+    "ScaleDownRules",
+    "ScaleUpRules",
+    "ScalingRulesConfig",
+    "TargetMetric",
+    "ThresholdConfig",
+    "parse_listen",
+]
+
+TIERS: tuple[str, ...] = ("process", "docker", "libvirt", "openstack")
+METRIC_TYPES: tuple[str, ...] = ("cpu", "requests_per_replica", "latency_p95_ms", "prometheus")
+
+ERROR_TYPE = "tierscale"
+"""pydantic error type of every error raised by our own validators (the loader keys on it)."""
+
+
+def problem(message: str, *loc: str | int) -> PydanticCustomError:
+    """An error whose message is shown as is, optionally pointing at a field below the raising model."""
+    return PydanticCustomError(ERROR_TYPE, "{message}", {"message": message, "loc": loc})
+
+
+# ---- scalar types --------------------------------------------------------------------------------------
+
+
+def _duration(value: Any) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise problem(str(exc)) from None
+
+
+def _size(value: Any) -> int:
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise problem(str(exc)) from None
+
+
+Duration = Annotated[float, BeforeValidator(_duration)]
+PositiveDuration = Annotated[Duration, Field(gt=0)]
+Size = Annotated[int, BeforeValidator(_size)]
+# Strict scalars: YAML already gives real ints and bools, so `max: "3"` or `healthy_after: yes` are
+# mistakes worth pointing at rather than silently coercing.
+Port = Annotated[StrictInt, Field(ge=1, le=65535)]
+PositiveInt = Annotated[StrictInt, Field(ge=1)]
+NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
+PositiveFloat = Annotated[StrictFloat, Field(gt=0)]
+NonEmptyStr = Annotated[StrictStr, Field(min_length=1)]
+
+
+def _expand_path(value: str) -> str:
+    return str(Path(value).expanduser())
+
+
+PathStr = Annotated[NonEmptyStr, AfterValidator(_expand_path)]
+
+_LISTEN_HOST = re.compile(r"[A-Za-z0-9.-]+|\*")
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` -> (host, port); ValueError with a user-facing message otherwise."""
+    hint = f"expected host:port like 127.0.0.1:8080 (got {value!r})"
+    if not isinstance(value, str) or ":" not in value:
+        raise ValueError(hint)
+    host, _, port_text = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError(hint) from None
+        host = host[1:-1]
+    elif not _LISTEN_HOST.fullmatch(host):
+        raise ValueError(hint)
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"port must be 1..65535 (got {value!r})")
+    return host, int(port_text)
+
+
+def _listen(value: Any) -> str:
+    if not isinstance(value, str):
+        raise problem(f"expected host:port like 127.0.0.1:8080 (got {value!r})")
+    try:
+        parse_listen(value)
+    except ValueError as exc:
+        raise problem(str(exc)) from None
+    return value
+
+
+Listen = Annotated[str, BeforeValidator(_listen)]
+
+
+def _num_to_str(value: Any) -> Any:
+    # bool is an int subclass, but `true` as an argument is a YAML surprise, not a number: leave it to fail.
+    return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+def _string_list(value: Any) -> Any:
+    """Lists of command arguments: numbers become strings (`--port, 8080` is what people write)."""
+    if not isinstance(value, list):
+        return value  # let pydantic say "expected a list"
+    return [_num_to_str(v) for v in value]
+
+
+def _string_map(value: Any) -> Any:
+    """Environment values: numbers become strings, as docker compose does (`WORK_MS: 20`)."""
+    if not isinstance(value, dict):
+        return value
+    return {k: _num_to_str(v) for k, v in value.items()}
+
+
+Command = Annotated[list[StrictStr], BeforeValidator(_string_list)]
+Env = Annotated[dict[StrictStr, StrictStr], BeforeValidator(_string_map)]
+
+
+class _Model(BaseModel):
+    # validate_default: defaults go through the same validators (so `~` in the default state_dir expands).
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+# ---- api -------------------------------------------------------------------------------------------------
+
+
+class ApiConfig(_Model):
+    listen: Listen = "127.0.0.1:9900"
+    token_env: Annotated[StrictStr, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = "TIERSCALE_API_TOKEN"
+
+
+# ---- templates -----------------------------------------------------------------------------------------
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ProcessTemplate(_Model):
+    command: Annotated[Command, Field(min_length=1)]
+    port_range: tuple[StrictInt, StrictInt] = (20000, 20999)
+    cpus: PositiveFloat = 1.0  # the CPU allotment utilization is measured against
+    env: Env = Field(default_factory=dict)
+    cwd: PathStr | None = None
+
+    @field_validator("port_range", mode="before")
+    @classmethod
+    def _pair(cls, value: Any) -> Any:
+        if not isinstance(value, list | tuple) or len(value) != 2:
+            raise problem(f"expected [low, high] like [20000, 20999] (got {value!r})")
+        return value
+
+    @field_validator("port_range")
+    @classmethod
+    def _range(cls, value: tuple[int, int]) -> tuple[int, int]:
+        lo, hi = value
+        if not 1024 <= lo <= hi <= 65535:
+            raise problem(f"must satisfy 1024 <= low <= high <= 65535 (got [{lo}, {hi}])")
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _placeholders(cls, value: list[str]) -> list[str]:
+        # A typo like {prot} would reach the process verbatim and fail at runtime; catch it here.
+        for i, arg in enumerate(value):
+            for name in _PLACEHOLDER.findall(arg):
+                if name not in ("port", "replica"):
+                    raise problem(f"unknown placeholder {{{name}}}: use {{port}} or {{replica}}", i)
+        return value
+
+
+class DockerTemplate(_Model):
+    image: NonEmptyStr
+    port: Port = 8080
+    env: Env = Field(default_factory=dict)
+    cpus: PositiveFloat | None = None
+    memory: Size | None = None
+    command: Command | None = None  # a string is shell-split into a list
+    host: StrictStr | None = None  # DOCKER_HOST-style; None: from the environment
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _command(cls, value: Any) -> Any:
+        # A string is split like a shell would, which is what the Docker SDK does with it anyway; storing
+        # one shape (a list) saves every consumer an isinstance check.
+        if isinstance(value, str):
+            try:
+                return shlex.split(value)
+            except ValueError as exc:
+                raise problem(f"cannot split command: {exc}") from None
+        if value is None or isinstance(value, list):
+            return value
+        raise problem(f"expected a list of strings or a string (got {value!r})")
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^(unix|tcp|ssh)://.+", value):
+            raise problem(f"expected a DOCKER_HOST URL: unix://, tcp:// or ssh:// (got {value!r})")
+        return value
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: int | None) -> int | None:
+        if value is not None and value < 6 * 1024**2:
+            raise problem("must be at least 6m (Docker's minimum)")
+        return value
+
+
+MIN_VM_MEMORY = 128 * 1024**2  # smaller guests do not boot (measured; see shared/notes/vm-tier.md)
+
+
+class LibvirtTemplate(_Model):
+    uri: NonEmptyStr = "qemu:///system"
+    base_image: PathStr | None = None
+    kernel: PathStr | None = None
+    initrd: PathStr | None = None
+    cmdline: StrictStr | None = None
+    memory: Size = 256 * 1024**2
+    vcpus: PositiveInt = 1
+    port: Port = 80
+    network: NonEmptyStr = "user"
+    domain_type: Literal["auto", "kvm", "qemu"] = "auto"
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: int) -> int:
+        if value < MIN_VM_MEMORY:
+            raise problem("must be at least 128MiB")
+        return value
+
+    @model_validator(mode="after")
+    def _boot_source(self) -> LibvirtTemplate:
+        if self.base_image is None and self.kernel is None:
+            raise problem("needs base_image or kernel (with initrd) to boot from")
+        for key in ("initrd", "cmdline"):
+            if getattr(self, key) is not None and self.kernel is None:
+                raise problem(f"{key} needs kernel", key)
+        return self
+
+
+class OpenstackTemplate(_Model):
+    cloud: NonEmptyStr | None = None  # None: OS_CLOUD from the environment
+    image: NonEmptyStr
+    flavor: NonEmptyStr
+    network: NonEmptyStr | None = None
+    networks: Literal["none"] | None = None  # "none": boot without a network (microversion 2.37)
+    key_name: NonEmptyStr | None = None
+    security_groups: list[NonEmptyStr] = Field(default_factory=lambda: ["default"])
+    user_data: StrictStr | None = None
+    port: Port = 5000
+    boot_timeout: PositiveDuration = 300.0
+
+    @model_validator(mode="after")
+    def _one_network_choice(self) -> OpenstackTemplate:
+        if self.network is not None and self.networks is not None:
+            raise problem("give either network or networks: none, not both", "networks")
+        return self
+
+
+# ---- group parts ---------------------------------------------------------------------------------------
+
+
+class HealthConfig(_Model):
+    path: Annotated[StrictStr, Field(pattern=r"^/")] = "/healthz"
+    interval: PositiveDuration = 2.0
+    timeout: PositiveDuration = 1.0
+    healthy_after: PositiveInt = 1  # consecutive successes before a replica gets traffic
+    unhealthy_after: PositiveInt = 3  # consecutive failures before it is taken out and replaced
+    startup_grace: Duration = 60.0  # failures while starting do not count until this passes
+
+
+class TargetMetric(_Model):
+    """A metric tierscale measures itself; `target` is what the HPA holds each replica's average at."""
+
+    type: Literal["cpu", "requests_per_replica", "latency_p95_ms"]
+    target: PositiveFloat
+
+
+class PrometheusMetric(_Model):
+    """A group-wide total from Prometheus; the HPA holds total / replicas at `target_per_replica`."""
+
+    type: Literal["prometheus"]
+    url: Annotated[StrictStr, Field(pattern=r"^https?://.+")]
+    query: NonEmptyStr
+    target_per_replica: PositiveFloat
+
+
+MetricConfig: TypeAlias = Annotated[TargetMetric | PrometheusMetric, Field(discriminator="type")]
+
+
+class RatePolicyConfig(_Model):
+    type: Literal["Pods", "Percent"]
+    value: PositiveInt
+    period: PositiveDuration
+
+
+class ScalingRulesConfig(_Model):
+    # Kubernetes caps the window at one hour; a longer one is almost certainly a unit mistake.
+    stabilization_window: Annotated[Duration, Field(le=3600)]
+    select_policy: Literal["Max", "Min", "Disabled"] = "Max"
+    policies: Annotated[list[RatePolicyConfig], Field(min_length=1)]
+
+
+# Each field defaults separately (as in Kubernetes), hence one class per direction.
+class ScaleUpRules(ScalingRulesConfig):
+    stabilization_window: Annotated[Duration, Field(le=3600)] = 0.0
+    policies: Annotated[list[RatePolicyConfig], Field(min_length=1)] = Field(
+        default_factory=lambda: [
+            RatePolicyConfig(type="Pods", value=4, period=15.0),
+            RatePolicyConfig(type="Percent", value=100, period=15.0),
+        ]
+    )
+
+
+class ScaleDownRules(ScalingRulesConfig):
+    stabilization_window: Annotated[Duration, Field(le=3600)] = 300.0
+    policies: Annotated[list[RatePolicyConfig], Field(min_length=1)] = Field(
+        default_factory=lambda: [RatePolicyConfig(type="Percent", value=100, period=15.0)]
+    )
+
+
+class BehaviorConfig(_Model):
+    scale_up: ScaleUpRules = Field(default_factory=ScaleUpRules)
+    scale_down: ScaleDownRules = Field(default_factory=ScaleDownRules)
+
+
+class ThresholdConfig(_Model):
+    metric: Literal["cpu", "requests_per_replica", "latency_p95_ms", "prometheus"] = "cpu"
+    upper: StrictFloat = 70.0
+    lower: Annotated[StrictFloat, Field(ge=0)] = 20.0
+    step: PositiveInt = 1
+    cooldown: Duration = 15.0
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ThresholdConfig:
+        if self.upper <= self.lower:
+            raise problem(f"must be > lower ({self.lower:g})", "upper")
+        return self
+
+
+class BalancerConfig(_Model):
+    type: Literal["nginx", "none"] = "nginx"
+    listen: Listen = "127.0.0.1:8080"
+    algorithm: Literal["round_robin", "least_conn"] = "round_robin"
+
+
+# ---- groups --------------------------------------------------------------------------------------------
+
+
+def _group_name(value: Any) -> Any:
+    if isinstance(value, str) and not re.fullmatch(r"[a-z0-9-]{1,40}", value):
+        raise problem(f"must be 1-40 lowercase letters, digits or dashes (got {value!r})")
+    return value
+
+
+class GroupBase(_Model):
+    """Fields every tier shares. Concrete groups are `ProcessGroup`, `DockerGroup`, ... (see `Group`)."""
+
+    name: Annotated[StrictStr, AfterValidator(_group_name)]
+    tier: Literal["process", "docker", "libvirt", "openstack"]
+    # Kubernetes' minReplicas defaults to 1; max has no sensible default.
+    min: NonNegativeInt = 1
+    max: PositiveInt
+    sync_period: PositiveDuration = 5.0
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    policy: Literal["hpa", "threshold"] = "hpa"
+    metrics: Annotated[list[MetricConfig], Field(min_length=1)] = Field(
+        default_factory=lambda: [TargetMetric(type="cpu", target=60.0)]
+    )
+    tolerance: Annotated[StrictFloat, Field(ge=0, le=1)] = 0.1
+    cpu_initialization_period: Duration = 300.0
+    initial_readiness_delay: Duration = 30.0
+    behavior: BehaviorConfig = Field(default_factory=BehaviorConfig)
+    threshold: ThresholdConfig = Field(default_factory=ThresholdConfig)
+    scale_in_order: Literal["newest", "oldest", "least_loaded"] = "newest"
+    drain_timeout: Duration = 10.0
+    balancer: BalancerConfig = Field(default_factory=BalancerConfig)
+
+    @model_validator(mode="after")
+    def _cross_fields(self) -> GroupBase:
+        if self.max < self.min:
+            raise problem(f"must be >= min ({self.min})", "max")
+        seen: dict[str, int] = {}
+        for i, metric in enumerate(self.metrics):
+            # Several Prometheus queries are fine; the same built-in metric twice is a copy-paste slip.
+            if metric.type != "prometheus" and metric.type in seen:
+                raise problem(
+                    f"duplicate metric {metric.type} (also metrics[{seen[metric.type]}])",
+                    "metrics",
+                    i,
+                    "type",
+                )
+            seen.setdefault(metric.type, i)
+        if self.policy == "threshold" and self.threshold.metric not in seen:
+            # The controller measures the group's metrics; the threshold rule acts on one of them (a
+            # prometheus one needs its url and query from there anyway).
+            listed = ", ".join(sorted(seen))
+            raise problem(
+                f"must be one of the group's metrics ({listed}) when policy is threshold",
+                "threshold",
+                "metric",
+            )
+        return self
+
+
+class ProcessGroup(GroupBase):
+    tier: Literal["process"]
+    template: ProcessTemplate
+
+
+class DockerGroup(GroupBase):
+    tier: Literal["docker"]
+    template: DockerTemplate
+
+
+class LibvirtGroup(GroupBase):
+    tier: Literal["libvirt"]
+    template: LibvirtTemplate
+
+
+class OpenstackGroup(GroupBase):
+    tier: Literal["openstack"]
+    template: OpenstackTemplate
+
+
+# The group's `tier` picks the template model, so template errors name the right keys for that tier.
+Group: TypeAlias = Annotated[
+    ProcessGroup | DockerGroup | LibvirtGroup | OpenstackGroup, Field(discriminator="tier")
+]
+
+
+def _expand_state_dir(value: Path) -> Path:
+    return value.expanduser()
+
+
+def _listens_clash(a: str, b: str) -> bool:
+    """Same port and overlapping addresses (a wildcard address overlaps every address)."""
+    (ha, pa), (hb, pb) = parse_listen(a), parse_listen(b)
+    wildcard = {"0.0.0.0", "::", "*", ""}
+    return pa == pb and (ha == hb or ha in wildcard or hb in wildcard)
+
+
+class Config(_Model):
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    state_dir: Annotated[Path, AfterValidator(_expand_state_dir)] = Path("~/.local/state/tierscale")
+    groups: Annotated[list[Group], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _unique(self) -> Config:
+        names: dict[str, int] = {}
+        for i, group in enumerate(self.groups):
+            if group.name in names:
+                raise problem(
+                    f"duplicate group name {group.name!r} (also groups[{names[group.name]}])",
+                    "groups",
+                    i,
+                    "name",
+                )
+            names[group.name] = i
+        listens: list[tuple[int, str]] = []
+        for i, group in enumerate(self.groups):
+            if group.balancer.type != "nginx":
+                continue
+            listen = group.balancer.listen
+            if _listens_clash(listen, self.api.listen):
+                raise problem(f"{listen} is also the api listen address", "groups", i, "balancer", "listen")
+            for j, other in listens:
+                if _listens_clash(listen, other):
+                    raise problem(
+                        f"{listen} is already used by groups[{j}] ({self.groups[j].name})",
+                        "groups",
+                        i,
+                        "balancer",
+                        "listen",
+                    )
+            listens.append((i, listen))
+        return self
+
+    def group(self, name: str) -> ProcessGroup | DockerGroup | LibvirtGroup | OpenstackGroup:
+        """The group called `name`; KeyError if there is none."""
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise KeyError(name)

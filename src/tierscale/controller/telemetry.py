@@ -1,0 +1,42 @@
+"""Prometheus metrics with the names of SPEC §4, in one registry per controller process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Telemetry:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.replicas = Gauge("tierscale_replicas", "Replicas by state", ["group", "state"], registry=r)
+        self.desired = Gauge("tierscale_desired_replicas", "Desired replica count", ["group"], registry=r)
+        self.metric_value = Gauge(
+            "tierscale_metric_value", "Observed value of each scaling metric", ["group", "metric"], registry=r
+        )
+        self.metric_target = Gauge(
+            "tierscale_metric_target", "Target of each scaling metric", ["group", "metric"], registry=r
+        )
+        self.scale_events = Counter(
+            "tierscale_scale_events", "Changes of the desired count", ["group", "direction"], registry=r
+        )
+        self.provision_seconds = Histogram(
+            "tierscale_provision_seconds",
+            "Create call to first healthy check",
+            ["group", "tier"],
+            buckets=(0.25, 0.5, 1, 2, 3, 5, 8, 13, 21, 34, 60, 120, 300, 600),
+            registry=r,
+        )
+        self.reconcile_seconds = Histogram(
+            "tierscale_reconcile_seconds",
+            "Duration of one reconcile pass",
+            ["group"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.balancer_reloads = Counter(
+            "tierscale_balancer_reloads", "Balancer reloads by result", ["group", "result"], registry=r
+        )
+        self.replacements = Counter(
+            "tierscale_replacements", "Replicas replaced, by reason", ["group", "reason"], registry=r
+        )

@@ -1,0 +1,51 @@
+"""Pure scaling policies: the Kubernetes HPA algorithm and the threshold step rule."""
+
+from tierscale.policy.engine import decide_hpa, decide_threshold, record_scale
+from tierscale.policy.replica_calculator import MetricError
+from tierscale.policy.types import (
+    Behavior,
+    Decision,
+    GroupSnapshot,
+    HpaParams,
+    MetricInput,
+    MetricKind,
+    MetricProposal,
+    Phase,
+    PolicyState,
+    RateKind,
+    RatePolicy,
+    Recommendation,
+    ReplicaStatus,
+    ScaleEvent,
+    ScalingRules,
+    SelectPolicy,
+    ThresholdParams,
+    default_scale_down,
+    default_scale_up,
+)
+
+__all__ = [
+    "Behavior",
+    "Decision",
+    "GroupSnapshot",
+    "HpaParams",
+    "MetricError",
+    "MetricInput",
+    "MetricKind",
+    "MetricProposal",
+    "Phase",
+    "PolicyState",
+    "RateKind",
+    "RatePolicy",
+    "Recommendation",
+    "ReplicaStatus",
+    "ScaleEvent",
+    "ScalingRules",
+    "SelectPolicy",
+    "ThresholdParams",
+    "decide_hpa",
+    "decide_threshold",
+    "default_scale_down",
+    "default_scale_up",
+    "record_scale",
+]

@@ -1,0 +1,34 @@
+"""Providers: one module per tier behind the small interface in `base`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from tierscale.providers.base import Provider, ProviderError, Replica, ReplicaStats
+
+__all__ = ["Provider", "ProviderError", "Replica", "ReplicaStats", "make_provider"]
+
+
+def make_provider(group: Any, state_dir: Path) -> Provider:
+    """Build the provider for a validated group config."""
+    t = group.template
+    if group.tier == "process":
+        from tierscale.providers.process import ProcessProvider
+
+        # "python3" in a template means the interpreter tierscale runs on, so the demo workload is importable
+        # from a virtualenv without the user spelling out its path.
+        command = [
+            sys.executable if i == 0 and c in ("python3", "python") else c for i, c in enumerate(t.command)
+        ]
+        return ProcessProvider(
+            group.name,
+            state_dir,
+            command,
+            port_range=tuple(t.port_range),  # type: ignore[arg-type]
+            cpus=t.cpus,
+            env=t.env,
+            cwd=t.cwd,
+        )
+    raise ProviderError(f"groups[{group.name}].tier: the {group.tier} tier is not implemented yet")

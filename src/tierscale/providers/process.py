@@ -1,0 +1,226 @@
+"""Process tier: each replica is a local process started from `template.command`.
+
+Ownership lives on disk: one JSON pid file per replica under `<state_dir>/groups/<group>/replicas/`,
+holding the pid and the process start time (so a recycled pid is never mistaken for ours). Processes
+run in their own session, so they outlive a controller that is SIGKILLed, and a restarted controller
+adopts them from those files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import psutil
+
+from tierscale.providers.base import ProviderError, Replica, ReplicaStats
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class ProcessProvider:
+    tier = "process"
+
+    def __init__(
+        self,
+        group: str,
+        state_dir: Path,
+        command: Sequence[str],
+        port_range: tuple[int, int] = (20000, 20999),
+        cpus: float = 1.0,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> None:
+        self.group = group
+        self.dir = Path(state_dir) / "groups" / group / "replicas"
+        self.command = list(command)
+        self.port_range = port_range
+        self.allotment_milli = max(1, round(cpus * 1000))
+        self.env = dict(env or {})
+        self.cwd = cwd
+        # replica id -> (cpu seconds, wall seconds) of the previous reading, for utilization deltas
+        self._last_cpu: dict[str, tuple[float, float]] = {}
+        # Creates run concurrently in threads; picking a port and writing the pid file that claims it
+        # must be one step, or two replicas pick the same port before either has bound it.
+        self._create_lock = threading.Lock()
+
+    # ---- ownership files -------------------------------------------------------------------------
+    def _pidfile(self, replica_id: str) -> Path:
+        return self.dir / f"{replica_id}.json"
+
+    def _read(self, path: Path) -> dict[str, object] | None:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def _process(self, record: Mapping[str, object]) -> psutil.Process | None:
+        pid = record.get("pid")
+        started = record.get("proc_start")
+        if not isinstance(pid, int):
+            return None
+        try:
+            proc = psutil.Process(pid)
+            if isinstance(started, float | int) and abs(proc.create_time() - float(started)) > 1.0:
+                return None  # the pid was recycled by somebody else's process
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+            return proc
+        except psutil.Error:
+            return None
+
+    # ---- Provider ----------------------------------------------------------------------------------
+    def list(self) -> list[Replica]:
+        if not self.dir.is_dir():
+            return []
+        out: list[Replica] = []
+        for path in sorted(self.dir.glob("*.json")):
+            rec = self._read(path)
+            if rec is None:
+                continue
+            alive = self._process(rec) is not None
+            out.append(
+                Replica(
+                    id=str(rec.get("id", path.stem)),
+                    group=self.group,
+                    address=f"127.0.0.1:{rec.get('port')}",
+                    state="running" if alive else "failed",
+                    created_at=float(rec.get("created_at", 0.0)),  # type: ignore[arg-type]
+                    detail={"pid": str(rec.get("pid")), "port": str(rec.get("port"))},
+                )
+            )
+        return out
+
+    def _pick_port(self) -> int:
+        taken = set()
+        for r in self.list():
+            with contextlib.suppress(ValueError):
+                taken.add(int(r.detail.get("port", "0")))
+        lo, hi = self.port_range
+        for port in range(lo, hi + 1):
+            if port not in taken and _port_is_free(port):
+                return port
+        raise ProviderError(f"no free port in port_range [{lo}, {hi}]")
+
+    def create(self, replica_id: str) -> Replica:
+        with self._create_lock:
+            return self._create(replica_id)
+
+    def _create(self, replica_id: str) -> Replica:
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        port = self._pick_port()
+        argv = [part.replace("{port}", str(port)).replace("{replica}", replica_id) for part in self.command]
+        env = {**os.environ, **self.env, "TIERSCALE_REPLICA": replica_id, "TIERSCALE_GROUP": self.group}
+        log_path = self.dir / f"{replica_id}.log"
+        fd = os.open(log_path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=fd,
+                stderr=fd,
+                env=env,
+                cwd=self.cwd,
+                start_new_session=True,  # survives a controller SIGKILL; we signal its whole group
+            )
+        except OSError as exc:
+            log_path.unlink(missing_ok=True)
+            raise ProviderError(f"cannot start {argv[0]!r}: {exc.strerror or exc}") from exc
+        finally:
+            os.close(fd)
+        created = time.time()
+        try:
+            proc_start = psutil.Process(proc.pid).create_time()
+        except psutil.Error:
+            proc_start = created
+        record = {
+            "id": replica_id,
+            "group": self.group,
+            "pid": proc.pid,
+            "proc_start": proc_start,
+            "port": port,
+            "created_at": created,
+            "argv": argv,
+        }
+        tmp = self._pidfile(replica_id).with_suffix(".tmp")
+        tmp.write_text(json.dumps(record))
+        os.chmod(tmp, 0o600)
+        tmp.replace(self._pidfile(replica_id))
+        return Replica(
+            replica_id, self.group, f"127.0.0.1:{port}", "running", created, {"pid": str(proc.pid)}
+        )
+
+    def delete(self, replica: Replica, grace: float = 5.0) -> None:
+        path = self._pidfile(replica.id)
+        rec = self._read(path)
+        proc = self._process(rec) if rec else None
+        if proc is not None:
+            self._stop(proc, grace)
+        self._last_cpu.pop(replica.id, None)
+        path.unlink(missing_ok=True)
+        (self.dir / f"{replica.id}.log").unlink(missing_ok=True)
+
+    @staticmethod
+    def _stop(proc: psutil.Process, grace: float) -> None:
+        try:
+            pgid = os.getpgid(proc.pid)
+        except OSError:
+            return
+        with contextlib.suppress(OSError):
+            os.killpg(pgid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except psutil.TimeoutExpired:
+            with contextlib.suppress(OSError):
+                os.killpg(pgid, signal.SIGKILL)
+            with contextlib.suppress(psutil.Error):
+                proc.wait(timeout=5)
+        except psutil.Error:
+            pass
+
+    def stats(self, replicas: list[Replica]) -> dict[str, ReplicaStats]:
+        now = time.monotonic()
+        out: dict[str, ReplicaStats] = {}
+        for r in replicas:
+            rec = self._read(self._pidfile(r.id))
+            proc = self._process(rec) if rec else None
+            if proc is None:
+                continue
+            try:
+                with proc.oneshot():
+                    t = proc.cpu_times()
+                    cpu = t.user + t.system + t.children_user + t.children_system
+                    rss = proc.memory_info().rss
+                    age = max(1e-3, time.time() - proc.create_time())
+            except psutil.Error:
+                continue
+            prev = self._last_cpu.get(r.id)
+            self._last_cpu[r.id] = (cpu, now)
+            # On first sight of a replica its lifetime average is the best one-shot estimate.
+            fresh = prev is None or now - prev[1] < 0.05
+            used = cpu / age if fresh or prev is None else (cpu - prev[0]) / (now - prev[1])
+            pct = 100.0 * used * 1000.0 / self.allotment_milli
+            out[r.id] = ReplicaStats(
+                cpu_percent=max(0.0, pct), cpu_allotment_milli=self.allotment_milli, memory_bytes=rss
+            )
+        return out
+
+    def close(self) -> None:
+        self._last_cpu.clear()

@@ -1,0 +1,218 @@
+"""The demo workload (SPEC §6): one tiny HTTP service used by every tier.
+
+    python -m tierscale.workload --port 8080 [--host 127.0.0.1] [--instance ID]
+
+``GET /work?ms=N`` burns N ms of CPU and answers ``{"instance": "...", "ms": N}``; ``GET /healthz``
+answers 200 ``ok``; any other path is 404, a bad ``ms`` is 400.
+
+Standard library only and no syntax newer than Python 3.7 (with the ``__future__`` import), because this
+single file is also copied as-is into the demo container and VM images, whose Python may be old.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+MAX_MS = 10_000  # one request can never pin a core for more than 10 s
+DRAIN_SECONDS = 5.0  # how long SIGTERM waits for in-flight requests
+_POLL_INTERVAL = 0.1  # serve_forever's shutdown latency; the default 0.5 s delays SIGTERM handling
+
+
+def burn_cpu(ms: float) -> None:
+    """Spin until this thread has consumed `ms` of CPU time.
+
+    Measured with the thread's CPU clock, not wall time: under contention (other replicas, the GIL, a
+    busy host) the request takes longer instead of costing less, so N ms of work really is N ms of CPU
+    and the autoscaler's CPU metric tracks the offered load.
+    """
+    end = time.thread_time() + ms / 1000.0
+    x = 0
+    while time.thread_time() < end:
+        # A little arithmetic per clock read so the loop is mostly work, not clock syscalls.
+        for i in range(200):
+            x += i
+
+
+class WorkloadServer(ThreadingHTTPServer):
+    daemon_threads = True  # idle keep-alive connections must never keep the process alive
+    request_queue_size = 1024  # listen backlog; the default 5 drops SYNs under a load burst
+
+    def __init__(self, addr: tuple[str, int], instance: str | None, max_ms: int = MAX_MS) -> None:
+        if ":" in addr[0]:
+            self.address_family = socket.AF_INET6  # --host :: or ::1 (images with IPv6-only networks)
+        super().__init__(addr, WorkloadHandler)
+        self.instance = instance or default_instance(self.server_address[1])
+        self.max_ms = max_ms
+        self.draining = False
+        # In-flight requests, counted per request (not per connection) so idle keep-alive
+        # connections do not hold up a graceful stop.
+        self._inflight = 0
+        self._cond = threading.Condition()
+
+    def request_started(self) -> None:
+        with self._cond:
+            self._inflight += 1
+
+    def request_finished(self) -> None:
+        with self._cond:
+            self._inflight -= 1
+            self._cond.notify_all()
+
+    def inflight(self) -> int:
+        with self._cond:
+            return self._inflight
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is in flight; False if `timeout` ran out first."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._inflight == 0, timeout)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A client that hangs up mid-response (load generator timeout, curl ^C) is normal here;
+        # anything else still deserves the default traceback.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
+class WorkloadHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive; every response sets Content-Length
+    server: WorkloadServer
+    server_version = "tierscale-workload/1"
+    # Headers and body go out as two writes; with Nagle on, the body waits for the client's delayed
+    # ACK and every response gains ~40 ms, which would swamp the latencies the autoscaler watches.
+    disable_nagle_algorithm = True
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # one line per request would dominate the cost of a 1 ms request
+
+    _counted = False
+
+    def handle_one_request(self) -> None:
+        self._counted = False
+        try:
+            super().handle_one_request()
+        finally:
+            if self._counted:
+                self.server.request_finished()
+
+    def parse_request(self) -> bool:
+        # Count the request as in flight from the moment its request line arrived (not from
+        # do_GET), so a SIGTERM landing while headers are parsed still waits for it.
+        self.server.request_started()
+        self._counted = True
+        return super().parse_request()
+
+    def do_GET(self) -> None:
+        self._discard_body()
+        self._route()
+
+    def _discard_body(self) -> None:
+        # A GET with a body would otherwise leave bytes that get parsed as the next request.
+        length = self.headers.get("Content-Length")
+        if length and length.isdigit():
+            self.rfile.read(int(length))
+
+    def _route(self) -> None:
+        parts = urlsplit(self.path)
+        if parts.path == "/healthz":
+            self._send(200, b"ok", "text/plain; charset=utf-8")
+        elif parts.path == "/work":
+            self._work(parts.query)
+        else:
+            self._send_json(404, {"error": "not found", "path": parts.path})
+
+    def _work(self, query: str) -> None:
+        values = parse_qs(query, keep_blank_values=True).get("ms", ["0"])
+        raw = values[-1]
+        try:
+            ms = int(raw)
+        except ValueError:
+            ms = -1
+        if ms < 0:
+            self._send_json(400, {"error": "ms must be a non-negative integer", "ms": raw})
+            return
+        ms = min(ms, self.server.max_ms)
+        burn_cpu(ms)
+        self._send_json(200, {"instance": self.server.instance, "ms": ms})
+
+    def _send_json(self, status: int, obj: dict[str, object]) -> None:
+        self._send(status, json.dumps(obj).encode() + b"\n", "application/json")
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        if self.server.draining:
+            # Tell keep-alive clients to go elsewhere instead of sending more to a stopping replica.
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def default_instance(port: int) -> str:
+    return os.environ.get("TIERSCALE_REPLICA") or f"{socket.gethostname()}:{port}"
+
+
+def make_server(host: str, port: int, instance: str | None = None, *, max_ms: int = MAX_MS) -> WorkloadServer:
+    """Bind (port 0 picks a free port; read it from `server.server_address`) without serving yet."""
+    return WorkloadServer((host, port), instance, max_ms=max_ms)
+
+
+def serve(server: WorkloadServer, drain_seconds: float = DRAIN_SECONDS) -> int:
+    """Serve until SIGTERM/SIGINT, then stop accepting, let in-flight requests finish, return 0."""
+
+    def on_signal(signum: int, frame: object) -> None:
+        if server.draining:
+            return
+        server.draining = True
+        # shutdown() blocks until serve_forever returns, and serve_forever runs in this very
+        # thread (the handler interrupts it), so it has to be called from another thread.
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.serve_forever(poll_interval=_POLL_INTERVAL)
+    # Closing the listening socket makes new connections fail fast (refused) so the balancer
+    # retries another replica, while accepted requests keep running in their threads.
+    server.server_close()
+    server.wait_idle(drain_seconds)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tierscale.workload", description="demo workload")
+    parser.add_argument("--port", type=int, required=True, help="port to listen on (0: any free port)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument(
+        "--instance", default=None, help="id in responses (default: $TIERSCALE_REPLICA, else host:port)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        server = make_server(args.host, args.port, args.instance)
+    except OSError as exc:
+        print(f"tierscale-workload: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    host, port = server.server_address[:2]
+    # One startup line; the actual port matters when --port 0 was asked for.
+    print(
+        f"tierscale-workload listening on http://{host}:{port} instance={server.instance}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return serve(server)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
