@@ -212,11 +212,11 @@ def down(file: str) -> None:
 @click.option("--quick", is_flag=True, help="A shorter load profile (used by tests).")
 def demo(tier: str, state_dir: str | None, quick: bool) -> None:
     """A self-contained group under generated load, scaling out then back in, with a live view."""
-    if tier != "process":
-        fail(f"--tier {tier}: not implemented yet (issue {'B' if tier == 'docker' else 'C'})", 1)
-    from tierscale.demo import run_demo
+    from tierscale.demo import TIER_TEMPLATES, run_demo
 
-    sys.exit(run_demo(state_dir=Path(state_dir) if state_dir else None, quick=quick))
+    if tier not in TIER_TEMPLATES:
+        fail(f"--tier {tier}: this tier's demo is not implemented yet", 1)
+    sys.exit(run_demo(state_dir=Path(state_dir) if state_dir else None, quick=quick, tier=tier))
 
 
 @main.command()
@@ -246,11 +246,19 @@ def simulate(trace: str, config: str, out: str) -> None:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 def decide(file: str) -> None:
     """Evaluate the policy on a recorded snapshot (conformance format) and explain the decision."""
-    from tierscale.policy.conformance import explain_case, load_cases
+    from tierscale.policy.conformance import RUNNERS, explain_case, load_cases
 
     try:
         cases = load_cases(Path(file))
-    except (ValueError, OSError, KeyError, TypeError) as exc:
+    except (ValueError, OSError) as exc:
         fail(f"{file}: {exc}", 2)
-    for case in cases:
-        click.echo(explain_case(case))
+    out = []
+    for i, case in enumerate(cases):
+        kind = case.get("kind")
+        if kind not in RUNNERS:
+            fail(f"{file}: case [{i}].kind: must be one of: {', '.join(sorted(RUNNERS))} (got {kind!r})", 2)
+        try:
+            out.append(explain_case(case))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            fail(f"{file}: case [{i}] ({case.get('name', '?')}): missing or malformed input {exc}", 2)
+    click.echo("\n".join(out))

@@ -30,14 +30,11 @@ DEMO_CONFIG = """\
 state_dir: {state_dir}
 groups:
   - name: {group}
-    tier: process
+    tier: {tier}
     min: 1
     max: 6
     sync_period: 1s
-    template:
-      command: ["python3", "-m", "tierscale.workload", "--port", "{{port}}"]
-      port_range: [{lo}, {hi}]
-      cpus: 0.25
+    template: {template}
     health: {{path: /healthz, interval: 500ms, timeout: 1s, healthy_after: 1, unhealthy_after: 3,
              startup_grace: 20s}}
     policy: hpa
@@ -52,6 +49,14 @@ groups:
     drain_timeout: 5s
     balancer: {{type: nginx, listen: "127.0.0.1:{listen_port}", algorithm: least_conn}}
 """
+
+
+# Per-tier replica template for the demo group; every tier serves the SPEC §6 workload with a small CPU
+# allotment so that a modest load step on a 2-core machine needs several replicas.
+TIER_TEMPLATES: dict[str, str] = {
+    "process": '{{command: ["python3", "-m", "tierscale.workload", "--port", "{{port}}"], '
+    "port_range: [{lo}, {hi}], cpus: 0.25}}",
+}
 
 
 def free_port() -> int:
@@ -92,25 +97,27 @@ class DemoReport:
         ]
 
 
-def demo_config(state_dir: Path, listen_port: int, quick: bool) -> Any:
+def demo_config(state_dir: Path, listen_port: int, quick: bool, tier: str = "process") -> Any:
     lo = 21000 + (listen_port % 50) * 20
     text = DEMO_CONFIG.format(
         state_dir=state_dir,
         group=GROUP,
-        lo=lo,
-        hi=lo + 19,
+        tier=tier,
+        template=TIER_TEMPLATES[tier].format(lo=lo, hi=lo + 19),
         listen_port=listen_port,
         down_window="8s" if quick else "15s",
     )
     return load_config_text(text, "demo.yaml")
 
 
-def run_demo(state_dir: Path | None = None, quick: bool = False, console: Console | None = None) -> int:
+def run_demo(
+    state_dir: Path | None = None, quick: bool = False, console: Console | None = None, tier: str = "process"
+) -> int:
     console = console or Console()
     own_dir = state_dir is None
     sd = Path(tempfile.mkdtemp(prefix="tierscale-demo-")) if state_dir is None else state_dir
     port = free_port()
-    cfg = demo_config(sd, port, quick)
+    cfg = demo_config(sd, port, quick, tier)
     phases = [
         Phase("warm-up", 4, 6 if quick else 10),
         Phase("load step", 30, 30 if quick else 45),
