@@ -202,6 +202,17 @@ def balancer(nginx_bin: str, tmp_path: Path) -> Iterator[NginxBalancer]:
         lb.stop(timeout=5)
 
 
+def poll_until(reader: AccessLogReader, want: int, timeout: float = 5.0) -> int:
+    """nginx writes a log line after the response went out, so the last lines can trail the client."""
+    read = 0
+    deadline = time.monotonic() + timeout
+    while read < want and time.monotonic() < deadline:
+        read += reader.poll()
+        time.sleep(0.02)
+    time.sleep(0.1)
+    return read + reader.poll()
+
+
 def test_stats_from_real_nginx_and_rotation(balancer: NginxBalancer, backends: list[str]) -> None:
     balancer.ensure_running(backends)
     for _ in range(40):
@@ -209,7 +220,7 @@ def test_stats_from_real_nginx_and_rotation(balancer: NginxBalancer, backends: l
             assert r.status == 200
     urllib.request.urlopen(balancer.url + "/_tierscale/healthz", timeout=5).read()  # not logged
     with AccessLogReader(balancer.access_log_path) as reader:
-        assert reader.poll() == 40
+        assert poll_until(reader, 40) == 40
         now = time.time()
         stats = reader.stats(window=60, now=now)
         assert set(stats) == set(backends)
@@ -230,5 +241,5 @@ def test_stats_from_real_nginx_and_rotation(balancer: NginxBalancer, backends: l
             time.sleep(0.02)
         for _ in range(5):
             urllib.request.urlopen(balancer.url + "/after-reopen", timeout=5).read()
-        assert reader.poll() == 6
+        assert poll_until(reader, 6) == 6
         assert reader.totals(window=60).requests == 46
