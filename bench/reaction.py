@@ -1,18 +1,22 @@
-"""Reaction to a 5x load step: tierscale's HPA settings against the lab's threshold rule, same harness.
+"""Reaction to a load step: tierscale's HPA settings against the lab's threshold rule, same harness.
 
-For each config, one group (process tier, real nginx, real HTTP) starts at 1 replica under a base load,
-then the offered rate jumps 5x. Measured from the step:
+For each config, one group (process tier, real nginx, real HTTP; 0.25-core allotment per replica,
+/work?ms=20) starts at 1 replica under a light base load, then the offered rate jumps to one that needs
+5 replicas at a 50 % CPU target (30 req/s ≈ 0.6 core ≈ 240 % of one allotment). The base load (1.5 req/s,
+~12 %) is below the lab's 20 % upper threshold so both configs hold 1 replica before the step; the
+step is 20x that base. Measured from the step:
   - first request served by a replica that did not exist before the step (from nginx's access log),
   - the group reaching 5 ready replicas.
 Both configs run in this one process on this machine, so the printed ratios compare like with like.
 
-    .venv/bin/python bench/reaction.py [--base-rps 6] [--timeout 150] [--repeat 3]
+    .venv/bin/python bench/reaction.py [--base-rps 1.5] [--step-rps 30] [--timeout 150] [--repeat 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import shutil
 import socket
 import statistics
@@ -91,7 +95,9 @@ def first_new_upstream_after(log: Path, step_wall: float, old: set[str]) -> floa
     return None
 
 
-def run_one(name: str, policy: str, tier: str, base_rps: float, timeout: float) -> dict[str, Any]:
+def run_one(
+    name: str, policy: str, tier: str, base_rps: float, step_rps: float, timeout: float, rng: random.Random
+) -> dict[str, Any]:
     sd = Path(tempfile.mkdtemp(prefix="tierscale-bench-"))
     port = free_port()
     lo = 23000 + (port % 40) * 25
@@ -109,11 +115,12 @@ def run_one(name: str, policy: str, tier: str, base_rps: float, timeout: float) 
             if time.monotonic() > deadline:
                 raise RuntimeError("first replica never became ready")
             time.sleep(0.1)
-        warm = 6.0
+        # Start the step at a random point of the sync period, as real load steps do (seeded: repeatable).
+        warm = 6.0 + rng.uniform(0.0, cfg.groups[0].sync_period)
         step_mono: list[float] = []
 
         def rate(t: float) -> float:
-            return base_rps if t < warm else 5 * base_rps
+            return base_rps if t < warm else step_rps
 
         runner = LoadRunner(url, rate, warm + timeout).start()
         t0 = time.monotonic()
@@ -139,6 +146,7 @@ def run_one(name: str, policy: str, tier: str, base_rps: float, timeout: float) 
             step_to_five_ready_s=None if to_five is None else round(to_five, 2),
             requests=result.sent,
             failed=result.failed,
+            failures={**{str(k): v for k, v in result.status.items() if not 200 <= k < 300}, **result.errors},
             p95_ms=round(result.latencies.get("p95", 0.0), 1),
             elapsed_s=round(time.monotonic() - t0, 1),
         )
@@ -151,7 +159,8 @@ def run_one(name: str, policy: str, tier: str, base_rps: float, timeout: float) 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base-rps", type=float, default=6.0)
+    ap.add_argument("--base-rps", type=float, default=1.5)
+    ap.add_argument("--step-rps", type=float, default=30.0)
     ap.add_argument("--timeout", type=float, default=150.0, help="give up on reaching 5 replicas after this")
     ap.add_argument("--tier", default="process", choices=["process"])
     ap.add_argument("--repeat", type=int, default=3, help="runs per config; medians are reported")
@@ -159,13 +168,18 @@ def main() -> int:
     rows = []
     for name, pol in POLICIES.items():
         # The lab's 8 s sync makes its reaction depend on where the step falls in a tick: take medians.
-        runs = [run_one(name, pol, args.tier, args.base_rps, args.timeout) for _ in range(args.repeat)]
+        rng = random.Random(7)
+        runs = [
+            run_one(name, pol, args.tier, args.base_rps, args.step_rps, args.timeout, rng)
+            for _ in range(args.repeat)
+        ]
         row = dict(runs[0])
         for key in ("step_to_first_new_replica_s", "step_to_five_ready_s", "p95_ms"):
             vals = [r[key] for r in runs if r[key] is not None]
             row[key] = round(statistics.median(vals), 2) if len(vals) == len(runs) else None
         row["failed"] = sum(r["failed"] for r in runs)
         row["requests"] = sum(r["requests"] for r in runs)
+        row["failures"] = [r["failures"] for r in runs if r["failures"]]
         row["runs"] = [
             {k: r[k] for k in ("step_to_first_new_replica_s", "step_to_five_ready_s")} for r in runs
         ]

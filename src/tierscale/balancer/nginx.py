@@ -307,6 +307,7 @@ class NginxBalancer:
                     os.replace(previous, self.conf_path)
                 return ApplyResult(changed=False, ok=False, error=error)
             previous.unlink(missing_ok=True)
+            self._await_old_workers_stop_accepting(old_workers, timeout=2.0)
             return ApplyResult(changed=True, ok=True, old_workers=old_workers)
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -540,6 +541,29 @@ class NginxBalancer:
             if time.monotonic() >= deadline:
                 return f"nginx did not confirm the reload within {self.reload_timeout:.0f}s"
             time.sleep(0.02)
+
+    @staticmethod
+    def _await_old_workers_stop_accepting(old_workers: set[int], timeout: float) -> None:
+        """Until an old worker closes its listening socket it still accepts connections with the OLD config.
+
+        Right after SIGHUP the new worker already runs while the old one has not yet handled its QUIT;
+        a connection accepted in that window is served by the old config (e.g. the 503 page when the
+        first replica was just added). Returning only after the old workers stopped listening closes it.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            listening = False
+            for pid in old_workers:
+                try:
+                    conns = psutil.Process(pid).net_connections(kind="inet")
+                except psutil.Error:
+                    continue  # gone, or a zombie: it accepts nothing
+                if any(c.status == psutil.CONN_LISTEN for c in conns):
+                    listening = True
+                    break
+            if not listening:
+                return
+            time.sleep(0.01)
 
     @staticmethod
     def _wait_all_dead(procs: list[psutil.Process], timeout: float) -> bool:
