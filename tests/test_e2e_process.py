@@ -245,3 +245,29 @@ def test_dry_run_decides_but_creates_nothing(state_dir: Path) -> None:
         assert decisions and decisions[-1].desired == 2
     finally:
         _cleanup(cfg)
+
+
+def test_hung_replica_is_replaced_and_the_loop_keeps_ticking(state_dir: Path) -> None:
+    cfg, _ = process_group_config(state_dir, min_=2, max_=2)
+    try:
+        with BackgroundController(cfg) as bg:
+            wait_for(lambda: bg.status("web")["ready"] == 2, 20, what="two ready replicas")
+            victim = make_provider(cfg.groups[0], state_dir).list()[0]
+            os.kill(int(victim.detail["pid"]), signal.SIGSTOP)  # alive, but answers nothing
+            hung_at = time.time()
+            wait_for(
+                lambda: victim.id not in {r["id"] for r in bg.status("web")["replicas"]}
+                and bg.status("web")["ready"] == 2,
+                30,
+                what="hung replica replaced",
+            )
+            store = EventStore(state_dir / "events.db")
+            ticks = [d for d in store.decisions("web") if d.ts >= hung_at]
+            unhealthy = [e for e in store.events("web", kinds=("replica_unhealthy",)) if e.replica == victim.id]
+            store.close()
+        assert unhealthy and "timeout" in unhealthy[0].message
+        # One decision per 1 s sync period went on while the probes of the hung replica timed out.
+        span = ticks[-1].ts - ticks[0].ts
+        assert len(ticks) >= 0.5 * span, (len(ticks), span)
+    finally:
+        _cleanup(cfg)
