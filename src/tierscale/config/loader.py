@@ -98,6 +98,11 @@ def validate_file(path: str | Path) -> list[str]:
 
 
 def _yaml_problem(exc: yaml.YAMLError, filename: str, text: str) -> Problem:
+    if isinstance(exc, yaml.reader.ReaderError):
+        line = text[: max(0, exc.position)].count("\n") + 1
+        char = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "?")
+        message = f"invalid YAML: unacceptable character #x{char:04x} ({exc.reason})"
+        return Problem(filename, line, None, message)
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     # An unclosed bracket is only noticed at the end of the stream, one line past the text: clamp it.
     last_line = max(1, len(text.splitlines()))
@@ -111,7 +116,11 @@ def _yaml_problem(exc: yaml.YAMLError, filename: str, text: str) -> Problem:
 
 
 def _compose(text: str, filename: str) -> yaml.Node:
-    loader = yaml.SafeLoader(text)
+    try:
+        # The reader already rejects control characters while the loader is being built.
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([_yaml_problem(exc, filename, text)]) from None
     try:
         root = loader.get_single_node()
     except yaml.YAMLError as exc:
