@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup venv lint clean bench
+.PHONY: demo test setup venv lint clean bench images docker-image vm-image
 
 setup:
 	bash scripts/setup-host.sh
@@ -20,7 +20,18 @@ $(VENV)/.installed: pyproject.toml
 lint: venv
 	$(VENV)/bin/ruff check src tests bench
 
-test: setup venv lint
+# Images the tier tests and demos run: each tier adds its own prerequisite.
+images: docker-image vm-image
+
+docker-image: setup venv
+	$(PY) images/docker/build.py
+
+# The demo VM image (kernel, initramfs, qcow2 golden image) from Debian packages; quick when up to date.
+vm-image: setup
+	bash images/workload/build.sh
+	python3 images/vm/build.py
+
+test: setup venv lint images
 	$(VENV)/bin/pytest -q -ra $(PYTEST_ARGS)
 
 demo: setup venv

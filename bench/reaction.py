@@ -68,6 +68,12 @@ PROCESS_TEMPLATE = (
 )
 
 
+# docker: the same 0.25-core allotment, but enforced (CFS quota): a replica cannot use more than its
+# allotment, so the first one queues requests until new ones serve. The demo image (make docker-image).
+DOCKER_TEMPLATE = "{{image: tierscale/demo:latest, port: 8080, cpus: 0.25, memory: 64m}}"
+TIER_TEMPLATES = {"process": PROCESS_TEMPLATE, "docker": DOCKER_TEMPLATE}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -101,7 +107,7 @@ def run_one(
     sd = Path(tempfile.mkdtemp(prefix="tierscale-bench-"))
     port = free_port()
     lo = 23000 + (port % 40) * 25
-    template = PROCESS_TEMPLATE.format(lo=lo, hi=lo + 24)
+    template = TIER_TEMPLATES[tier].format(lo=lo, hi=lo + 24)
     cfg = load_config_text(
         TEMPLATE.format(state_dir=sd, tier=tier, policy=policy, template=template, port=port), "bench.yaml"
     )
@@ -162,7 +168,7 @@ def main() -> int:
     ap.add_argument("--base-rps", type=float, default=1.5)
     ap.add_argument("--step-rps", type=float, default=30.0)
     ap.add_argument("--timeout", type=float, default=150.0, help="give up on reaching 5 replicas after this")
-    ap.add_argument("--tier", default="process", choices=["process"])
+    ap.add_argument("--tier", default="process", choices=sorted(TIER_TEMPLATES))
     ap.add_argument("--repeat", type=int, default=3, help="runs per config; medians are reported")
     args = ap.parse_args()
     rows = []

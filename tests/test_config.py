@@ -650,10 +650,10 @@ BAD: list[tuple[str, str, int, str | None, str]] = [
     ("tolerance above 1", GROUP + "    tolerance: 1.5\n", 6, "groups[0].tolerance", "must be <= 1"),
     (
         "bad policy",
-        GROUP + "    policy: predictive\n",
+        GROUP + "    policy: magic\n",
         6,
         "groups[0].policy",
-        "must be one of: hpa, threshold",
+        "must be one of: hpa, threshold, predictive",
     ),
     (
         "bad scale_in_order",

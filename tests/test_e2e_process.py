@@ -256,14 +256,18 @@ def test_hung_replica_is_replaced_and_the_loop_keeps_ticking(state_dir: Path) ->
             os.kill(int(victim.detail["pid"]), signal.SIGSTOP)  # alive, but answers nothing
             hung_at = time.time()
             wait_for(
-                lambda: victim.id not in {r["id"] for r in bg.status("web")["replicas"]}
-                and bg.status("web")["ready"] == 2,
+                lambda: (
+                    victim.id not in {r["id"] for r in bg.status("web")["replicas"]}
+                    and bg.status("web")["ready"] == 2
+                ),
                 30,
                 what="hung replica replaced",
             )
             store = EventStore(state_dir / "events.db")
             ticks = [d for d in store.decisions("web") if d.ts >= hung_at]
-            unhealthy = [e for e in store.events("web", kinds=("replica_unhealthy",)) if e.replica == victim.id]
+            unhealthy = [
+                e for e in store.events("web", kinds=("replica_unhealthy",)) if e.replica == victim.id
+            ]
             store.close()
         assert unhealthy and "timeout" in unhealthy[0].message
         # One decision per 1 s sync period went on while the probes of the hung replica timed out.

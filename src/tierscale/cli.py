@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -59,10 +58,10 @@ def resolve_state_dir(config: str | None, state_dir: str | None) -> Path:
 def parse_since(value: str | None) -> float | None:
     if value is None:
         return None
-    from tierscale.config.durations import parse_duration
+    from tierscale.views import parse_since as parse
 
     try:
-        return time.time() - parse_duration(value)
+        return parse(value)
     except ValueError as exc:
         fail(f"--since: {exc}", 2)
 
@@ -144,7 +143,7 @@ def status(config: str | None, state_dir: str | None, as_json: bool, watch: bool
 @click.option("-c", "--config", "config", type=click.Path(dir_okay=False))
 @click.option("--state-dir", type=click.Path(file_okay=False))
 @click.option("--group", "-g", help="Only this group.")
-@click.option("--since", help="Only the last DURATION, e.g. 10m.")
+@click.option("--since", help="Only the last DURATION (e.g. 10m) or since a unix timestamp.")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--limit", default=200, show_default=True, type=click.IntRange(1, 100000))
 def events(
@@ -162,30 +161,70 @@ def events(
         click.echo(format_history(rows))
 
 
-def _needs_api(verb: str) -> NoReturn:
-    fail(f"'{verb}' talks to the controller's HTTP API, which is not implemented yet (issue E)", 1)
+def _api_options(fn: Any) -> Any:
+    fn = click.option(
+        "-c",
+        "--config",
+        "config",
+        type=click.Path(dir_okay=False),
+        help="Take the API address (api.listen) and the token variable (api.token_env) from this config.",
+    )(fn)
+    return click.option(
+        "--api",
+        "api",
+        metavar="URL",
+        help="The controller's API. Default: $TIERSCALE_API, else api.listen of --config, else http://127.0.0.1:9900.",
+    )(fn)
+
+
+def _api_call(api: str | None, config: str | None, path: str, body: dict[str, Any] | None = None) -> Any:
+    """POST to the running controller; token from $TIERSCALE_API_TOKEN (or the config's token_env)."""
+    from tierscale.api.client import ApiClientError, call, resolve
+
+    cfg = load_or_exit(config) if config else None
+    base, token_env, token = resolve(api, cfg)
+    try:
+        return call(base, "POST", path, body, token=token, token_env=token_env)
+    except ApiClientError as exc:
+        fail(str(exc), exc.exit_code)
+
+
+def _group_path(group: str, verb: str) -> str:
+    from urllib.parse import quote
+
+    return f"/api/groups/{quote(group, safe='')}/{verb}"
 
 
 @main.command()
 @click.argument("group")
 @click.argument("replicas", type=click.IntRange(0))
-def scale(group: str, replicas: int) -> None:
+@_api_options
+def scale(group: str, replicas: int, api: str | None, config: str | None) -> None:
     """Set a group's count by hand (pauses its policy until resume)."""
-    _needs_api("scale")
+    st = _api_call(api, config, _group_path(group, "scale"), {"replicas": replicas})
+    name = st["group"]
+    click.echo(
+        f"{name}: scaling to {replicas} (was {st['desired']});"
+        f" policy paused until `tierscale resume {name}`"
+    )
 
 
 @main.command()
 @click.argument("group")
-def pause(group: str) -> None:
+@_api_options
+def pause(group: str, api: str | None, config: str | None) -> None:
     """Stop a group's policy from changing its count."""
-    _needs_api("pause")
+    st = _api_call(api, config, _group_path(group, "pause"))
+    click.echo(f"{st['group']}: policy paused, holding {st.get('manual_replicas', st['desired'])} replica(s)")
 
 
 @main.command()
 @click.argument("group")
-def resume(group: str) -> None:
+@_api_options
+def resume(group: str, api: str | None, config: str | None) -> None:
     """Hand a paused group back to its policy."""
-    _needs_api("resume")
+    st = _api_call(api, config, _group_path(group, "resume"))
+    click.echo(f"{st['group']}: policy resumed (desired {st['desired']})")
 
 
 @main.command()
@@ -234,12 +273,75 @@ def load(url: str, rps: float, duration: str, path: str | None, timeout: float, 
 
 
 @main.command()
-@click.option("--trace", required=True)
-@click.option("--config", required=True)
-@click.option("--out", required=True)
-def simulate(trace: str, config: str, out: str) -> None:
-    """Replay a request-rate trace through the policy engine (issue F)."""
-    fail("simulate is not implemented yet (issue F)", 1)
+@click.option("--trace", help="CSV with t_seconds,requests_per_second (each rate held until the next row).")
+@click.option("--config", "config", help="The tierscale config to replay (with --compare: the baseline).")
+@click.option("--group", "-g", help="The group to simulate when a file has several.")
+@click.option("--out", help="Directory for summary.json, table.txt, timeline.png and report.html.")
+@click.option("--speed", default="1", show_default=True, help="Compress time: each bin lasts bin/SPEED s.")
+@click.option("--window", help="START:END of the trace to replay, in trace time, e.g. 14h:22h.")
+@click.option("--compare", multiple=True, help="More configs on the same trace: --compare a.yaml b.yaml")
+@click.option(
+    "--delay",
+    help="Provisioning delay: 3s, container|vm|cloud (1s/3s/60s), 2s..5s (uniform), lognormal:60s:0.3. "
+    "Default: the config's tier.",
+)
+@click.option("--capacity", default="auto", show_default=True, help="req/s one replica serves at 100% CPU.")
+@click.option("--utilization", default="70", show_default=True, help="Demand is counted at this CPU %.")
+@click.option("--seed", default="0", show_default=True, help="Seed for random provisioning delays.")
+@click.option("--start", help="Wall-clock time of trace t=0, for schedules (ISO 8601; default 1970-01-01Z).")
+@click.option("--no-plots", is_flag=True, help="Skip the PNG and the plot in the HTML page.")
+@click.argument("more", nargs=-1)
+def simulate(
+    trace: str | None,
+    config: str | None,
+    group: str | None,
+    out: str | None,
+    speed: str,
+    window: str | None,
+    compare: tuple[str, ...],
+    delay: str | None,
+    capacity: str,
+    utilization: str,
+    seed: str,
+    start: str | None,
+    no_plots: bool,
+    more: tuple[str, ...],
+) -> None:
+    """Replay a request-rate trace through the policy engine; elasticity metrics, plots, comparisons."""
+    if more and not compare:
+        fail(f"unexpected argument {more[0]!r} (more configs go after --compare)", 2)
+    for flag, value in (("--trace", trace), ("--config", config), ("--out", out)):
+        if not value:
+            fail(f"{flag} is required", 2)
+    if not seed.isdigit():
+        fail(f"--seed: expected a whole number >= 0 (got {seed!r})", 2)
+    try:
+        from tierscale.simulate import SimInputError, SimOptions, run_simulation
+        from tierscale.simulate.command import info_lines
+    except ImportError as exc:
+        fail(f"simulate needs numpy and matplotlib ({exc}): pip install 'tierscale[sim]'", 1)
+    opts = SimOptions(
+        trace=str(trace),
+        configs=[str(config), *compare, *more],
+        out=out,
+        group=group,
+        speed=speed,  # type: ignore[arg-type]  # validated (with a one-line error) by run_simulation
+        window=window,
+        delay=delay,
+        capacity=capacity,
+        utilization=utilization,  # type: ignore[arg-type]
+        seed=int(seed),
+        start=start,
+        plots=not no_plots,
+    )
+    try:
+        report = run_simulation(opts)
+    except SimInputError as exc:
+        fail(str(exc), 2)
+    except ImportError as exc:
+        fail(f"plots need matplotlib ({exc}): pip install 'tierscale[sim]', or pass --no-plots", 1)
+    click.echo("\n".join(info_lines(report.info)) + "\n\n" + report.table)
+    click.echo("wrote " + ", ".join(str(f) for f in report.files))
 
 
 @main.command()

@@ -1,7 +1,11 @@
-"""What `status` and `events` show: read from the event store, rendered for people or scripts."""
+"""What `status`, `status --watch` and `events` show: read from the event store, rendered for people or
+scripts. The API serves the same rows (`history_rows`), so the terminal and the dashboard agree.
+"""
 
 from __future__ import annotations
 
+import math
+import re
 import time
 from datetime import datetime
 from pathlib import Path
@@ -16,10 +20,53 @@ from tierscale.eventstore import EventStore
 STATE_STYLE = {
     "ready": "green",
     "starting": "yellow",
+    "provisioning": "yellow",
     "draining": "magenta",
     "unhealthy": "red",
     "failed": "red",
 }
+KIND_STYLE = {
+    "decision": "bold cyan",
+    "scaled": "bold cyan",
+    "manual": "bold yellow",
+    "replica_ready": "green",
+    "replica_created": "green",
+    "replica_unhealthy": "red",
+    "replica_replaced": "red",
+    "create_failed": "red",
+    "delete_failed": "red",
+    "provider_error": "red",
+    "balancer_failed": "red",
+    "replica_draining": "magenta",
+    "replica_drained": "magenta",
+    "replica_deleted": "magenta",
+}
+# How the metrics read in a sentence: the unit of each metric's value and target.
+METRIC_UNIT = {"cpu": "%", "requests_per_replica": " req/s", "latency_p95_ms": " ms", "prometheus": ""}
+TOTAL_METRICS = frozenset({"requests_per_replica", "prometheus"})
+
+_NUMBER = re.compile(r"\d+(?:\.\d*)?|\.\d+")
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """`since` as users write it: a duration back from now (`10m`, `1h30m`, `500ms`) or a unix timestamp.
+
+    A bare number is a timestamp (seconds since the epoch, fractions allowed); anything with a unit is a
+    duration. ValueError with a message fit to show a user otherwise.
+    """
+    from tierscale.config.durations import parse_duration
+
+    now = time.time() if now is None else now
+    value = text.strip()
+    if _NUMBER.fullmatch(value):
+        ts = float(value)
+        if not math.isfinite(ts):
+            raise ValueError(f"expected a duration like 10m or a unix timestamp (got {text!r})")
+        return ts
+    try:
+        return now - parse_duration(value)
+    except ValueError:
+        raise ValueError(f"expected a duration like 10m or a unix timestamp (got {text!r})") from None
 
 
 def _store(state_dir: Path) -> EventStore | None:
@@ -44,7 +91,39 @@ def read_statuses(state_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
+def _metric_text(p: dict[str, Any], count: int) -> Text:
+    unit = METRIC_UNIT.get(p["metric"], "")
+    t = Text(f"{p['metric']} ", style="bold")
+    if p.get("value") is None:
+        t.append(f"invalid ({p.get('error') or 'no value'})", style="red")
+        return t
+    value = float(p["value"])
+    per = value / max(1, count) if p["metric"] in TOTAL_METRICS else value
+    ratio = per / p["target"] if p["target"] else 0.0
+    style = "red" if ratio > 1.1 else ("green" if ratio >= 0.9 else "blue")
+    if p["metric"] in TOTAL_METRICS:
+        t.append(f"{value:.4g} total = {per:.3g}{unit}/replica", style=style)
+    else:
+        t.append(f"{per:.3g}{unit}", style=style)
+    t.append(f" vs target {p['target']:g}{unit}")
+    if p.get("replicas") is not None:
+        t.append(f" → wants {p['replicas']}", style="dim")
+    return t
+
+
+def _bar(percent: float | None, width: int = 10) -> Text:
+    if percent is None:
+        return Text("-")
+    filled = max(0, min(width, round(percent / 100 * width)))
+    style = "red" if percent >= 90 else ("yellow" if percent >= 60 else "green")
+    t = Text("█" * filled, style=style)
+    t.append("·" * (width - filled), style="dim")
+    t.append(f" {percent:3.0f}")
+    return t
+
+
 def render_status_table(statuses: list[dict[str, Any]]) -> Group:
+    """Each group: a summary line, each metric against its target, the replicas, and the last decision."""
     parts: list[Any] = []
     for st in statuses:
         head = Text()
@@ -65,7 +144,12 @@ def render_status_table(statuses: list[dict[str, Any]]) -> Group:
             head.append(
                 f"  (last update {st['stale_seconds']:.0f}s ago: controller not running?)", style="dim"
             )
+        if not st.get("provider_ok", True):
+            head.append(f"  provider error: {st.get('last_error')}", style="red")
         parts.append(head)
+        d = st.get("last_decision")
+        for p in (d or {}).get("proposals") or []:
+            parts.append(Text("  ").append_text(_metric_text(p, d["current"] if d else 1)))
         table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
         for col in ("replica", "address", "state", "health", "cpu %", "req/s", "p95 ms", "age s"):
             table.add_column(col)
@@ -75,77 +159,139 @@ def render_status_table(statuses: list[dict[str, Any]]) -> Group:
                 r["address"] or "-",
                 Text(r["state"], style=STATE_STYLE.get(r["state"], "")),
                 str(r["health"]),
-                "-" if r["cpu"] is None else f"{r['cpu']:.0f}",
+                _bar(r["cpu"]),
                 f"{r['rps']:.1f}",
                 "-" if r["p95_ms"] is None else f"{r['p95_ms']:.0f}",
                 f"{r['age']:.0f}",
             )
         parts.append(table)
-        d = st.get("last_decision")
         if d:
-            parts.append(Text(f"last decision: {d['current']} → {d['desired']}: {d['reason']}", style="cyan"))
+            line = Text("why: ", style="bold cyan")
+            line.append(f"{d['current']} → {d['desired']}: {d['reason']}", style="cyan")
+            if d.get("limits"):
+                line.append(f"  (limited by {', '.join(d['limits'])})", style="dim")
+            parts.append(line)
         parts.append(Text(""))
     return Group(*parts)
 
 
-def watch_status(state_dir: Path, interval: float = 1.0) -> None:
+def _format_ts(ts: float, with_date: bool = False) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S" if with_date else "%H:%M:%S")
+
+
+def render_watch(statuses: list[dict[str, Any]], recent: list[dict[str, Any]]) -> Group:
+    """The live view: the status of every group, then the last events, newest at the bottom."""
+    parts: list[Any] = [
+        Text(f"tierscale · {_format_ts(time.time())} · Ctrl-C to quit", style="dim"),
+        Text(""),
+    ]
+    if not statuses:
+        parts.append(Text("no groups recorded yet: is `tierscale run` running with this state_dir?"))
+    else:
+        parts.append(render_status_table(statuses))
+    if recent:
+        parts.append(Text("recent", style="bold"))
+        for row in for_people(recent):
+            parts.append(_history_text(row))
+    return Group(*parts)
+
+
+def watch_status(state_dir: Path, interval: float = 1.0, events: int = 8) -> None:
     from rich.live import Live
 
-    with Live(render_status_table(read_statuses(state_dir)), refresh_per_second=4) as live:
+    def frame() -> Group:
+        return render_watch(read_statuses(state_dir), read_history(state_dir, None, None, events))
+
+    with Live(frame(), refresh_per_second=4, screen=False) as live:
         try:
             while True:
                 time.sleep(interval)
-                live.update(render_status_table(read_statuses(state_dir)))
+                live.update(frame())
         except KeyboardInterrupt:
             pass
 
 
-def read_history(state_dir: Path, group: str | None, since: float | None, limit: int) -> list[dict[str, Any]]:
-    """Events and count-changing decisions, merged in time order."""
-    store = _store(state_dir)
-    if store is None:
-        return []
-    try:
-        rows: list[dict[str, Any]] = [
-            {
-                "ts": e.ts,
-                "group": e.group,
-                "type": "event",
-                "kind": e.kind,
-                "replica": e.replica,
-                "message": e.message,
-                "data": e.data,
-            }
-            for e in store.events(group, since, limit)
-        ]
-        rows += [
-            {
-                "ts": d.ts,
-                "group": d.group,
-                "type": "decision",
-                "kind": "decision",
-                "policy": d.policy,
-                "current": d.current,
-                "desired": d.desired,
-                "recommended": d.recommended,
-                "limits": d.limits,
-                "message": d.reason,
-                "proposals": d.proposals,
-            }
-            for d in store.decisions(group, since, limit, changes_only=True)
-        ]
-    finally:
-        store.close()
+def history_rows(
+    store: EventStore, group: str | None, since: float | None, limit: int
+) -> list[dict[str, Any]]:
+    """Events and count-changing decisions, merged in time order (the newest `limit` of them)."""
+    rows: list[dict[str, Any]] = [
+        {
+            "ts": e.ts,
+            "group": e.group,
+            "type": "event",
+            "kind": e.kind,
+            "replica": e.replica,
+            "message": e.message,
+            "data": e.data,
+        }
+        for e in store.events(group, since, limit)
+    ]
+    rows += [
+        {
+            "ts": d.ts,
+            "group": d.group,
+            "type": "decision",
+            "kind": "decision",
+            "policy": d.policy,
+            "current": d.current,
+            "desired": d.desired,
+            "recommended": d.recommended,
+            "limits": d.limits,
+            "message": d.reason,
+            "proposals": d.proposals,
+        }
+        for d in store.decisions(group, since, limit, changes_only=True)
+    ]
     rows.sort(key=lambda r: r["ts"])
     return rows[-limit:]
 
 
+def read_history(state_dir: Path, group: str | None, since: float | None, limit: int) -> list[dict[str, Any]]:
+    store = _store(state_dir)
+    if store is None:
+        return []
+    try:
+        return history_rows(store, group, since, limit)
+    finally:
+        store.close()
+
+
+def _history_line(r: dict[str, Any], with_date: bool) -> tuple[str, str, str]:
+    ts = _format_ts(r["ts"], with_date)
+    if r["type"] == "decision":
+        text = f"{r['current']} → {r['desired']}: {r['message']}"
+        if r.get("limits"):
+            text += f"  [limited by {', '.join(r['limits'])}]"
+        return ts, "decision", text
+    return ts, r["kind"], r["message"]
+
+
+def _history_text(r: dict[str, Any]) -> Text:
+    ts, kind, text = _history_line(r, False)
+    t = Text(f"{ts} ", style="dim")
+    t.append(f"{r['group']:<12} ")
+    t.append(f"{kind:<18} ", style=KIND_STYLE.get(kind, ""))
+    t.append(text)
+    return t
+
+
+def for_people(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Drop `scaled` events: each repeats the count-changing decision that is listed right beside it."""
+    return [r for r in rows if r["kind"] != "scaled"]
+
+
 def format_history(rows: list[dict[str, Any]]) -> str:
+    """One aligned line per row; the date is shown when the rows are not all from today."""
+    rows = for_people(rows)
+    if not rows:
+        return "no events"
+    today = datetime.now().date()
+    with_date = any(datetime.fromtimestamp(r["ts"]).date() != today for r in rows)
+    gw = max(5, *(len(r["group"]) for r in rows))
+    kw = max(8, *(len("decision" if r["type"] == "decision" else r["kind"]) for r in rows))
     lines = []
     for r in rows:
-        ts = datetime.fromtimestamp(r["ts"]).strftime("%H:%M:%S")
-        if r["type"] == "decision":
-            lines.append(f"{ts} {r['group']:<12} decision  {r['current']} → {r['desired']}: {r['message']}")
-        else:
-            lines.append(f"{ts} {r['group']:<12} {r['kind']:<18} {r['message']}")
-    return "\n".join(lines) if lines else "no events"
+        ts, kind, text = _history_line(r, with_date)
+        lines.append(f"{ts}  {r['group']:<{gw}}  {kind:<{kw}}  {text}")
+    return "\n".join(lines)

@@ -11,6 +11,7 @@ from tierscale.config.models import (
     Config,
     DockerGroup,
     DockerTemplate,
+    ForecastConfig,
     Group,
     GroupBase,
     HealthConfig,
@@ -26,15 +27,23 @@ from tierscale.config.models import (
     ScaleDownRules,
     ScaleUpRules,
     ScalingRulesConfig,
+    ScheduleConfig,
     TargetMetric,
     ThresholdConfig,
     parse_listen,
 )
-from tierscale.config.to_policy import hpa_params, threshold_params
+from tierscale.config.to_policy import (
+    TIER_PROVISIONING_DELAY,
+    hpa_params,
+    predictive_params,
+    schedule_entries,
+    threshold_params,
+)
 
 __all__ = [
     "METRIC_TYPES",
     "TIERS",
+    "TIER_PROVISIONING_DELAY",
     "ApiConfig",
     "BalancerConfig",
     "BehaviorConfig",
@@ -42,6 +51,7 @@ __all__ = [
     "ConfigError",
     "DockerGroup",
     "DockerTemplate",
+    "ForecastConfig",
     "Group",
     "GroupBase",
     "HealthConfig",
@@ -58,6 +68,7 @@ __all__ = [
     "ScaleDownRules",
     "ScaleUpRules",
     "ScalingRulesConfig",
+    "ScheduleConfig",
     "TargetMetric",
     "ThresholdConfig",
     "format_duration",
@@ -67,6 +78,8 @@ __all__ = [
     "parse_duration",
     "parse_listen",
     "parse_size",
+    "predictive_params",
+    "schedule_entries",
     "threshold_params",
     "validate_file",
 ]

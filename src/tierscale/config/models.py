@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import shlex
+import zoneinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeAlias
 
@@ -34,6 +35,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from tierscale.config.durations import parse_duration, parse_size
+from tierscale.policy.schedule import parse_cron
 
 __all__ = [
     "METRIC_TYPES",
@@ -44,6 +46,7 @@ __all__ = [
     "Config",
     "DockerGroup",
     "DockerTemplate",
+    "ForecastConfig",
     "Group",
     "GroupBase",
     "HealthConfig",
@@ -59,6 +62,7 @@ __all__ = [
     "ScaleDownRules",
     "ScaleUpRules",
     "ScalingRulesConfig",
+    "ScheduleConfig",
     "TargetMetric",
     "ThresholdConfig",
     "parse_listen",
@@ -269,9 +273,16 @@ class LibvirtTemplate(_Model):
     cmdline: StrictStr | None = None
     memory: Size = 256 * 1024**2
     vcpus: PositiveInt = 1
+    # The CPU allotment (cores) utilization is measured against, as in the process tier; None: vcpus.
+    # Not a cap: capping a TCG guest slows its boot as much as its work.
+    cpus: PositiveFloat | None = None
     port: Port = 80
     network: NonEmptyStr = "user"
     domain_type: Literal["auto", "kvm", "qemu"] = "auto"
+    base_format: Literal["qcow2", "raw"] = "qcow2"  # the golden image's format (the overlay is qcow2)
+    # Per-VM overlays, on the libvirt host; None: /var/lib/libvirt/images/tierscale (qemu:///system),
+    # ~/.local/share/libvirt/images/tierscale (qemu:///session).
+    overlay_dir: PathStr | None = None
 
     @field_validator("memory")
     @classmethod
@@ -287,6 +298,14 @@ class LibvirtTemplate(_Model):
         for key in ("initrd", "cmdline"):
             if getattr(self, key) is not None and self.kernel is None:
                 raise problem(f"{key} needs kernel", key)
+        # network: user forwards a port on the libvirt host's loopback, which only that host can reach.
+        host = re.match(r"^[a-z0-9+]+://(?:[^@/]*@)?([^/:?]*)", self.uri)
+        if self.network == "user" and host and host.group(1) not in ("", "localhost", "127.0.0.1"):
+            raise problem(
+                f"user networking is only reachable on the libvirt host itself; with remote uri "
+                f"{self.uri!r} name a libvirt network the controller can route to",
+                "network",
+            )
         return self
 
 
@@ -319,6 +338,17 @@ class HealthConfig(_Model):
     healthy_after: PositiveInt = 1  # consecutive successes before a replica gets traffic
     unhealthy_after: PositiveInt = 3  # consecutive failures before it is taken out and replaced
     startup_grace: Duration = 60.0  # failures while starting do not count until this passes
+    # http: GET `path` on the replica's address. console: ready once `console_marker` shows up in the
+    # server's console log (for clouds whose instances the controller cannot reach, e.g. cloud-init's
+    # "finished" line); after that it stays healthy while the tier reports it running.
+    type: Literal["http", "console"] = "http"
+    console_marker: NonEmptyStr | None = None
+
+    @model_validator(mode="after")
+    def _console(self) -> HealthConfig:
+        if self.type == "console" and self.console_marker is None:
+            raise problem("required when type is console (the line that means booted)", "console_marker")
+        return self
 
 
 class TargetMetric(_Model):
@@ -390,6 +420,73 @@ class ThresholdConfig(_Model):
         return self
 
 
+def _horizon(value: Any) -> Any:
+    # `auto` (or leaving it out): the tier's typical provisioning delay plus one sync period.
+    return None if value in (None, "auto") else _duration(value)
+
+
+class ForecastConfig(_Model):
+    """How `policy: predictive` forecasts the load (see policy/predictive.py)."""
+
+    method: Literal["holt", "seasonal_naive"] = "holt"
+    horizon: Annotated[float | None, BeforeValidator(_horizon)] = None
+    metric: Literal["cpu", "requests_per_replica", "prometheus"] | None = None
+    alpha: Annotated[StrictFloat, Field(gt=0, le=1)] = 0.5
+    beta: Annotated[StrictFloat, Field(ge=0, le=1)] = 0.2
+    season: PositiveDuration = 86400.0
+    bucket: PositiveDuration = 60.0
+
+    @field_validator("horizon")
+    @classmethod
+    def _positive(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
+            raise problem("must be > 0 (or auto)")
+        return value
+
+    @model_validator(mode="after")
+    def _bucket(self) -> ForecastConfig:
+        if self.bucket * 2 > self.season:
+            raise problem(f"must be at most half the season ({self.season:g}s)", "bucket")
+        return self
+
+
+class ScheduleConfig(_Model):
+    """From each time `cron` fires until `duration` later, the group's min and/or max are overridden."""
+
+    name: NonEmptyStr | None = None
+    cron: StrictStr
+    duration: PositiveDuration
+    min: NonNegativeInt | None = None
+    max: PositiveInt | None = None
+    timezone: NonEmptyStr = "UTC"
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        try:
+            parse_cron(value)
+        except ValueError as exc:
+            raise problem(str(exc)) from None
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise problem(f"unknown time zone {value!r}: use an IANA name like UTC or Europe/Paris") from None
+        return value
+
+    @model_validator(mode="after")
+    def _override(self) -> ScheduleConfig:
+        if self.min is None and self.max is None:
+            raise problem("needs min, max or both: the bounds to apply while it is active")
+        if self.min is not None and self.max is not None and self.max < self.min:
+            raise problem(f"must be >= min ({self.min})", "max")
+        return self
+
+
 class BalancerConfig(_Model):
     type: Literal["nginx", "none"] = "nginx"
     listen: Listen = "127.0.0.1:8080"
@@ -415,7 +512,7 @@ class GroupBase(_Model):
     max: PositiveInt
     sync_period: PositiveDuration = 5.0
     health: HealthConfig = Field(default_factory=HealthConfig)
-    policy: Literal["hpa", "threshold"] = "hpa"
+    policy: Literal["hpa", "threshold", "predictive"] = "hpa"
     metrics: Annotated[list[MetricConfig], Field(min_length=1)] = Field(
         default_factory=lambda: [TargetMetric(type="cpu", target=60.0)]
     )
@@ -424,6 +521,8 @@ class GroupBase(_Model):
     initial_readiness_delay: Duration = 30.0
     behavior: BehaviorConfig = Field(default_factory=BehaviorConfig)
     threshold: ThresholdConfig = Field(default_factory=ThresholdConfig)
+    forecast: ForecastConfig | None = None  # policy: predictive; None: the defaults
+    schedule: list[ScheduleConfig] = Field(default_factory=list)
     scale_in_order: Literal["newest", "oldest", "least_loaded"] = "newest"
     drain_timeout: Duration = 10.0
     balancer: BalancerConfig = Field(default_factory=BalancerConfig)
@@ -452,7 +551,41 @@ class GroupBase(_Model):
                 "threshold",
                 "metric",
             )
+        self._check_predictive(seen)
+        self._check_schedule()
         return self
+
+    def _check_predictive(self, seen: dict[str, int]) -> None:
+        if self.forecast is not None and self.policy != "predictive":
+            raise problem("only used with policy: predictive", "forecast")
+        if self.policy != "predictive":
+            return
+        wanted = self.forecast.metric if self.forecast else None
+        if wanted is not None and wanted not in seen:
+            listed = ", ".join(sorted(seen))
+            raise problem(f"must be one of the group's metrics ({listed})", "forecast", "metric")
+        if not {"cpu", "requests_per_replica", "prometheus"} & set(seen):
+            # A latency is not a load: it does not add up over replicas, so it cannot be forecast.
+            raise problem(
+                "predictive needs a cpu, requests_per_replica or prometheus metric to forecast", "policy"
+            )
+
+    def _check_schedule(self) -> None:
+        for i, entry in enumerate(self.schedule):
+            if entry.min is not None and entry.max is None and entry.min > self.max:
+                raise problem(
+                    f"must be <= the group's max ({self.max}) unless this entry also sets max",
+                    "schedule",
+                    i,
+                    "min",
+                )
+            if entry.max is not None and entry.min is None and entry.max < self.min:
+                raise problem(
+                    f"must be >= the group's min ({self.min}) unless this entry also sets min",
+                    "schedule",
+                    i,
+                    "max",
+                )
 
 
 class ProcessGroup(GroupBase):
@@ -465,9 +598,16 @@ class DockerGroup(GroupBase):
     template: DockerTemplate
 
 
+class WarmPoolConfig(_Model):
+    """libvirt: VMs kept booted and paused outside the balancer; a scale-out resumes one."""
+
+    size: Annotated[StrictInt, Field(ge=0, le=50)] = 0
+
+
 class LibvirtGroup(GroupBase):
     tier: Literal["libvirt"]
     template: LibvirtTemplate
+    warm_pool: WarmPoolConfig = Field(default_factory=WarmPoolConfig)
 
 
 class OpenstackGroup(GroupBase):

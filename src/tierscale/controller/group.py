@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,8 @@ from tierscale.controller.observe import MetricSpec, metric_inputs, query_promet
 from tierscale.controller.telemetry import Telemetry
 from tierscale.eventstore import EventStore
 from tierscale.policy import decide_hpa, decide_threshold, record_scale
+from tierscale.policy.predictive import PredictiveParams, decide_predictive
+from tierscale.policy.schedule import ScheduleEntry, apply_schedule, note_schedule
 from tierscale.policy.types import (
     Decision,
     GroupSnapshot,
@@ -59,6 +62,10 @@ class GroupSettings:
     drain_timeout: float
     stop_grace: float = 5.0
     metric_window: float = 10.0
+    health_type: str = "http"  # http | console
+    console_marker: str | None = None
+    forecast: PredictiveParams = field(default_factory=PredictiveParams)  # policy: predictive
+    schedule: tuple[ScheduleEntry, ...] = ()
 
 
 @dataclass
@@ -127,11 +134,16 @@ class GroupController:
         self._session: aiohttp.ClientSession | None = None
         self._wake = asyncio.Event()
         self._deleted: set[str] = set()
+        self._adopted: set[str] = set()
+        # Called with (now, status body) after every reconcile pass: the API keeps its chart series here.
+        self.status_listeners: list[Callable[[float, dict[str, Any]], None]] = []
 
     # ------------------------------------------------------------------ helpers
     def event(self, kind: str, message: str, replica: str | None = None, **data: Any) -> None:
         self.store.record_event(self.s.name, kind, message, replica, data or None, ts=self.clock.now())
-        log.info("%s: %s", self.s.name, message)
+        # The fields ride along for `--log-format json`; the human format shows only the message.
+        extra = {"group": self.s.name, "event": kind, "replica": replica, "data": data or None}
+        log.info("%s: %s", self.s.name, message, extra=extra)
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
@@ -139,8 +151,22 @@ class GroupController:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _call(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.to_thread(fn, *args)
+    async def _call(self, fn: Any, *args: Any, timeout: float | None = None) -> Any:
+        """A blocking provider/balancer call in a thread; with `timeout`, a hung tier cannot stall the tick.
+
+        (The thread itself cannot be killed; it finishes in the background and its result is dropped.)
+        """
+        if timeout is None:
+            return await asyncio.to_thread(fn, *args)
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(fn, *args), timeout)
+        except TimeoutError:
+            name = getattr(fn, "__name__", "call")
+            raise ProviderError(f"{self.s.tier} {name} did not answer within {timeout:g}s") from None
+
+    @property
+    def _observe_timeout(self) -> float:
+        return max(10.0, 2 * self.s.sync_period)
 
     def active(self) -> list[Replica]:
         """Replicas that count toward the group: not leaving, not failed, not condemned."""
@@ -168,8 +194,11 @@ class GroupController:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         """Adopt what the infrastructure already holds, and make sure the balancer runs."""
+        if self.s.health_type == "console" and not hasattr(self.provider, "console_output"):
+            raise ProviderError(f"groups[{self.s.name}].health.type: tier {self.s.tier} has no console log")
         await self._refresh()
         adopted = list(self.rt.replicas.values())
+        self._adopted = {r.id for r in adopted}
         for r in adopted:
             self.event("replica_adopted", f"adopted replica {r.id} at {r.address}", r.id, state=r.state)
         if self.rt.desired is None:
@@ -228,7 +257,7 @@ class GroupController:
             return False
         known_before = set(self.rt.replicas)
         try:
-            listed: list[Replica] = await self._call(self.provider.list)
+            listed: list[Replica] = await self._call(self.provider.list, timeout=self._observe_timeout)
         except ProviderError as exc:
             delay = self._list_backoff.fail(now)
             if self.rt.provider_ok:
@@ -265,15 +294,12 @@ class GroupController:
         return True
 
     async def probe_all(self) -> None:
-        targets = [r for r in self.active() if r.address and r.state == "running"]
+        console = self.s.health_type == "console"
+        # Console readiness needs no address: the log is read through the tier's API.
+        targets = [r for r in self.active() if (r.address or console) and r.state == "running"]
         if not targets:
             return
-        results = await asyncio.gather(
-            *(
-                probe(self.session, r.address or "", self.s.health_path, self.s.health_timeout)
-                for r in targets
-            )
-        )
+        results = await asyncio.gather(*(self._probe(r) for r in targets))
         now = self.clock.now()
         changed = False
         for r, (ok, err) in zip(targets, results, strict=True):
@@ -282,7 +308,8 @@ class GroupController:
                 changed = True
                 st = self.health.states[r.id]
                 took = (st.first_ready_at or now) - r.created_at
-                self.tm.provision_seconds.labels(self.s.name, self.s.tier).observe(max(0.0, took))
+                if r.id not in self._adopted:  # an adopted replica's age is not a provision time
+                    self.tm.provision_seconds.labels(self.s.name, self.s.tier).observe(max(0.0, took))
                 self.event("replica_ready", f"replica {r.id} healthy after {took:.2f}s", r.id, seconds=took)
             elif tr == "unhealthy":
                 changed = True
@@ -297,6 +324,21 @@ class GroupController:
             await self.balance()
             self._wake.set()
 
+    async def _probe(self, r: Replica) -> tuple[bool, str | None]:
+        if self.s.health_type != "console":
+            return await probe(self.session, r.address or "", self.s.health_path, self.s.health_timeout)
+        if self.health.is_ready(r.id):
+            # The marker is a boot event: once seen, the replica stays healthy while the tier reports it
+            # running (otherwise it is reaped as failed). Re-reading its console would only cost API calls.
+            return True, None
+        try:
+            log_text: str = await self._call(self.provider.console_output, r)  # type: ignore[attr-defined]
+        except ProviderError as exc:
+            return False, str(exc)
+        if self.s.console_marker and self.s.console_marker in log_text:
+            return True, None
+        return False, "console marker not seen yet"
+
     async def _health_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
@@ -309,7 +351,7 @@ class GroupController:
         active = self.active()
         running = [r for r in active if r.state == "running"]
         try:
-            self.rt.stats = await self._call(self.provider.stats, running)
+            self.rt.stats = await self._call(self.provider.stats, running, timeout=self._observe_timeout)
         except ProviderError as exc:
             self.rt.stats = {}
             self.event("provider_error", f"cannot read replica stats: {exc}", error=str(exc))
@@ -367,12 +409,16 @@ class GroupController:
                 ("paused",),
                 f"paused: holding manual count {want}",
             )
+        # Scheduled min/max overrides apply to every policy (the simulator makes the same calls).
+        snap, scheduled = apply_schedule(self.s.schedule, snap)
         if self.s.policy == "threshold":
             decision, state = decide_threshold(self.s.threshold, snap, self.rt.policy_state)
+        elif self.s.policy == "predictive":
+            decision, state = decide_predictive(self.s.hpa, self.s.forecast, snap, self.rt.policy_state)
         else:
             decision, state = decide_hpa(self.s.hpa, snap, self.rt.policy_state)
         self.rt.policy_state = state
-        return decision
+        return note_schedule(decision, scheduled)
 
     # ------------------------------------------------------------------ act
     async def reconcile(self) -> Decision | None:
@@ -396,6 +442,7 @@ class GroupController:
                 f"scale {direction} {decision.current} → {decision.desired}: {decision.reason}",
                 current=decision.current,
                 desired=decision.desired,
+                reason=decision.reason,
             )
             if decision.policy != "manual":
                 self.rt.policy_state = record_scale(
@@ -557,7 +604,12 @@ class GroupController:
                 state = "draining"
             elif self.health.is_unhealthy(r.id):
                 state = "unhealthy"
-            elif r.state == "running" and self.health.is_ready(r.id) and r.address in self.serving():
+            elif (
+                r.state == "running"
+                and self.health.is_ready(r.id)
+                # Without a balancer, healthy is ready: a console-checked server may have no address at all.
+                and (self.balancer is None or r.address in self.serving())
+            ):
                 state = "ready"
             elif r.state == "running":
                 state = "starting"
@@ -588,7 +640,7 @@ class GroupController:
             "max": self.s.max,
             "desired": self.rt.desired,
             "current": len(self.active()),
-            "ready": len(self.serving()),
+            "ready": sum(1 for r in replicas if r["state"] == "ready"),
             "paused": self.rt.paused,
             "provider_ok": self.rt.provider_ok,
             "last_error": self.rt.last_error,
@@ -630,6 +682,8 @@ class GroupController:
             self.tm.replicas.labels(self.s.name, state).set(counts.get(state, 0))
         self.tm.desired.labels(self.s.name).set(self.rt.desired or 0)
         self.store.write_status(self.s.name, body, ts=now)
+        for listener in self.status_listeners:
+            listener(now, body)
 
     # ------------------------------------------------------------------ manual control
     def set_manual(self, replicas: int) -> None:

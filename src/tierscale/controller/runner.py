@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tierscale.balancer.nginx import NginxBalancer
-from tierscale.config.to_policy import hpa_params, threshold_params
+from tierscale.config.to_policy import hpa_params, predictive_params, schedule_entries, threshold_params
 from tierscale.controller.clock import Clock, WallClock
 from tierscale.controller.group import GroupController, GroupSettings
 from tierscale.controller.observe import MetricSpec
@@ -55,6 +55,8 @@ def settings_for(group: Any) -> GroupSettings:
         healthy_after=h.healthy_after,
         unhealthy_after=h.unhealthy_after,
         startup_grace=h.startup_grace,
+        health_type=h.type,
+        console_marker=h.console_marker,
         policy=group.policy,
         metrics=tuple(
             MetricSpec(
@@ -67,6 +69,8 @@ def settings_for(group: Any) -> GroupSettings:
         ),
         hpa=hpa_params(group),
         threshold=threshold_params(group),
+        forecast=predictive_params(group),
+        schedule=schedule_entries(group),
         scale_in_order=group.scale_in_order,
         drain_timeout=group.drain_timeout,
         # Balancer metrics are averaged over a few sync periods: long enough to be stable, short enough
@@ -117,7 +121,12 @@ class Controller:
         dry_run: bool = False,
         clock: Clock | None = None,
         telemetry: Telemetry | None = None,
+        api: str = "optional",
     ) -> None:
+        # api: "required" (`run`: a clash on an explicit api.listen stops it), "optional" (logged, the
+        # loops run on: tests, demo), or "off" (no HTTP server at all: benchmarks of what it costs).
+        self.api_mode = api
+        self.api: Any = None  # the running tierscale.api.ApiServer, if any
         self.config = config
         self.state_dir = Path(config.state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -137,11 +146,31 @@ class Controller:
                 self.telemetry,
                 dry_run=dry_run,
             )
+            self.telemetry.init_group(g.name, g.tier)
+
+    async def _start_api(self) -> None:
+        if self.api_mode == "off":
+            return
+        from tierscale.api import ApiServer, ApiStartError
+
+        server = ApiServer(self)
+        try:
+            await server.start()
+        except ApiStartError as exc:
+            # A listen address the user wrote down must work; the default one is best effort, so that a
+            # second controller on the same host (another config) still scales, saying why it has no API.
+            explicit = "api" in self.config.model_fields_set and "listen" in self.config.api.model_fields_set
+            if self.api_mode == "required" and explicit:
+                raise ControllerError(f"{exc} (another tierscale run?)") from None
+            log.error("%s: running without the API and dashboard (set api.listen to a free port)", exc)
+            return
+        self.api = server
 
     async def run(self, stop: asyncio.Event) -> None:
         with contextlib.ExitStack() as locks:
             for name in self.groups:
                 locks.enter_context(group_lock(self.state_dir, name))
+            await self._start_api()
             for name in self.groups:
                 self.store.record_event(name, "controller_started", f"controller started (pid {os.getpid()})")
             tasks = [
@@ -150,6 +179,9 @@ class Controller:
             try:
                 await asyncio.gather(*tasks)
             finally:
+                if self.api is not None:
+                    await self.api.stop()
+                    self.api = None
                 for name in self.groups:
                     self.store.record_event(
                         name, "controller_stopped", "controller stopped; replicas keep running"
@@ -177,7 +209,7 @@ def run_controller(config: Any, dry_run: bool = False, once: bool = False) -> in
     asyncio.set_event_loop(loop)
     # Provider calls (docker, libvirt, openstack SDKs) block; a roomy pool keeps groups independent.
     loop.set_default_executor(ThreadPoolExecutor(max_workers=32, thread_name_prefix="tierscale"))
-    controller = Controller(config, dry_run=dry_run)
+    controller = Controller(config, dry_run=dry_run, api="required")
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+# The label values the controller uses (group.py): listed here so every series exists from the start.
+REPLICA_STATES = ("ready", "starting", "draining", "unhealthy", "provisioning", "failed")
+REPLACEMENT_REASONS = ("exited", "unhealthy", "vanished")
+
 
 class Telemetry:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -40,3 +44,21 @@ class Telemetry:
         self.replacements = Counter(
             "tierscale_replacements", "Replicas replaced, by reason", ["group", "reason"], registry=r
         )
+
+    def init_group(self, group: str, tier: str) -> None:
+        """Create every known label set at zero, so `/metrics` lists each series before its first event.
+
+        Without this a counter that has not fired yet is absent, and `rate()`/`increase()` in Prometheus
+        cannot see its first increment.
+        """
+        for direction in ("up", "down"):
+            self.scale_events.labels(group, direction)
+        for result in ("ok", "failed"):
+            self.balancer_reloads.labels(group, result)
+        for reason in REPLACEMENT_REASONS:
+            self.replacements.labels(group, reason)
+        for state in REPLICA_STATES:
+            self.replicas.labels(group, state)
+        self.desired.labels(group)
+        self.provision_seconds.labels(group, tier)
+        self.reconcile_seconds.labels(group)

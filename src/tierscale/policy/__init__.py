@@ -1,10 +1,13 @@
-"""Pure scaling policies: the Kubernetes HPA algorithm and the threshold step rule."""
+"""Pure scaling policies: the Kubernetes HPA algorithm, the threshold step rule, predictive and scheduled."""
 
 from tierscale.policy.engine import decide_hpa, decide_threshold, record_scale
+from tierscale.policy.predictive import PredictiveParams, decide_predictive
 from tierscale.policy.replica_calculator import MetricError
+from tierscale.policy.schedule import ScheduleEntry, apply_schedule, note_schedule, parse_cron
 from tierscale.policy.types import (
     Behavior,
     Decision,
+    ForecastState,
     GroupSnapshot,
     HpaParams,
     MetricInput,
@@ -27,6 +30,7 @@ from tierscale.policy.types import (
 __all__ = [
     "Behavior",
     "Decision",
+    "ForecastState",
     "GroupSnapshot",
     "HpaParams",
     "MetricError",
@@ -35,17 +39,23 @@ __all__ = [
     "MetricProposal",
     "Phase",
     "PolicyState",
+    "PredictiveParams",
     "RateKind",
     "RatePolicy",
     "Recommendation",
     "ReplicaStatus",
     "ScaleEvent",
     "ScalingRules",
+    "ScheduleEntry",
     "SelectPolicy",
     "ThresholdParams",
+    "apply_schedule",
     "decide_hpa",
+    "decide_predictive",
     "decide_threshold",
     "default_scale_down",
     "default_scale_up",
+    "note_schedule",
+    "parse_cron",
     "record_scale",
 ]

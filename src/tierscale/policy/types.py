@@ -113,6 +113,23 @@ class ScaleEvent:
 
 
 @dataclass(frozen=True)
+class ForecastState:
+    """The predictive policy's memory of the load (see `policy/predictive.py`)."""
+
+    level: float  # Holt's smoothed load
+    trend: float  # Holt's smoothed slope, load units per second
+    t: float  # when the last sample was folded in
+    samples: int  # how many samples so far (the forecast waits for a few)
+    # Seasonal history: means of closed `bucket`-second buckets, oldest first; `first_bucket` is the index
+    # (floor(t / bucket)) of buckets[0]. The open bucket accumulates in open_sum / open_n.
+    buckets: tuple[float, ...] = ()
+    first_bucket: int = 0
+    open_bucket: int = 0
+    open_sum: float = 0.0
+    open_n: int = 0
+
+
+@dataclass(frozen=True)
 class PolicyState:
     """What the engine remembers between ticks (K8s keeps the same in the HPA controller)."""
 
@@ -120,6 +137,7 @@ class PolicyState:
     scale_up_events: tuple[ScaleEvent, ...] = ()
     scale_down_events: tuple[ScaleEvent, ...] = ()
     last_scale_at: float | None = None  # threshold cooldown
+    forecast: ForecastState | None = None  # policy: predictive only
 
 
 @dataclass(frozen=True)

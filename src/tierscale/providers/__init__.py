@@ -31,4 +31,32 @@ def make_provider(group: Any, state_dir: Path) -> Provider:
             env=t.env,
             cwd=t.cwd,
         )
+    if group.tier == "docker":
+        from tierscale.providers.docker import DockerProvider
+
+        return DockerProvider(
+            group.name,
+            t.image,
+            port=t.port,
+            env=t.env,
+            cpus=t.cpus,
+            memory=t.memory,
+            command=t.command,
+            host=t.host,
+        )
+    if group.tier == "openstack":
+        from tierscale.providers.openstack import OpenstackProvider
+
+        # Diagnostics cost one API call per server and tick: only ask for them when something uses CPU.
+        uses_cpu = any(m.type == "cpu" for m in group.metrics) or group.scale_in_order == "least_loaded"
+        return OpenstackProvider(group.name, t, collect_cpu=uses_cpu)
+    if group.tier == "libvirt":
+        try:
+            from tierscale.providers.libvirt import make_libvirt_provider
+        except ImportError as exc:  # libvirt-python is an extra: it needs libvirt's C library to build
+            raise ProviderError(
+                f"groups[{group.name}].tier: libvirt needs libvirt-python ({exc}): "
+                "pip install 'tierscale[libvirt]'"
+            ) from None
+        return make_libvirt_provider(group, state_dir)
     raise ProviderError(f"groups[{group.name}].tier: the {group.tier} tier is not implemented yet")

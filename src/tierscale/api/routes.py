@@ -1,0 +1,207 @@
+"""The route handlers. They run on the controller's event loop, so they may read and change the group
+state directly; anything that touches SQLite runs in a thread so a big history query never delays a tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from tierscale import __version__
+from tierscale.api.auth import TokenAuth
+from tierscale.api.errors import ApiError
+from tierscale.api.openapi import openapi_document
+from tierscale.api.series import WINDOW, GroupSeries
+from tierscale.api.static import Asset, load_assets
+from tierscale.views import history_rows, parse_since
+
+if TYPE_CHECKING:
+    from tierscale.controller.group import GroupController
+    from tierscale.controller.runner import Controller
+
+EVENTS_DEFAULT_LIMIT = 200
+EVENTS_MAX_LIMIT = 5000
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, text=json.dumps(body), content_type="application/json")
+
+
+class Routes:
+    def __init__(self, controller: Controller, auth: TokenAuth) -> None:
+        self.controller = controller
+        self.auth = auth
+        self.series: dict[str, GroupSeries] = {}
+        for name, gc in controller.groups.items():
+            series = GroupSeries(gc.s.sync_period)
+            self.series[name] = series
+            gc.status_listeners.append(series.add)
+        self.assets: dict[str, Asset] = load_assets()
+        self._openapi = json.dumps(openapi_document())
+
+    def detach(self) -> None:
+        for name, gc in self.controller.groups.items():
+            series = self.series.get(name)
+            if series is not None and series.add in gc.status_listeners:
+                gc.status_listeners.remove(series.add)
+
+    def add_to(self, app: web.Application) -> None:
+        r = app.router
+        r.add_get("/", self.index)
+        r.add_get("/static/{file}", self.static)
+        r.add_get("/healthz", self.healthz)
+        r.add_get("/metrics", self.metrics)
+        r.add_get("/api/openapi.json", self.openapi)
+        r.add_get("/api/groups", self.groups)
+        r.add_get("/api/groups/{name}", self.group)
+        r.add_get("/api/groups/{name}/series", self.group_series)
+        r.add_get("/api/events", self.events)
+        r.add_post("/api/groups/{name}/scale", self.scale)
+        r.add_post("/api/groups/{name}/pause", self.pause)
+        r.add_post("/api/groups/{name}/resume", self.resume)
+
+    # ------------------------------------------------------------------ helpers
+    def _group(self, request: web.Request) -> GroupController:
+        name = request.match_info["name"]
+        gc = self.controller.groups.get(name)
+        if gc is None:
+            raise ApiError(
+                404, f"no group named {name!r} (groups: {', '.join(self.controller.groups)})", "name"
+            )
+        return gc
+
+    def _body(self, gc: GroupController) -> dict[str, Any]:
+        body = gc.status()
+        body["manual_replicas"] = gc.rt.manual_desired if gc.rt.paused else None
+        body["dry_run"] = gc.dry_run
+        body["sync_period"] = gc.s.sync_period
+        return body
+
+    async def _json_object(self, request: web.Request, allowed: tuple[str, ...]) -> dict[str, Any]:
+        """The request body as a JSON object with only `allowed` keys; an empty body is `{}`."""
+        raw = await request.read()
+        if not raw.strip():
+            return {}
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"body: not valid JSON ({exc})", "body") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, f"body: expected a JSON object, got {type(body).__name__}", "body")
+        for key in body:
+            if key not in allowed:
+                hint = f" (allowed: {', '.join(allowed)})" if allowed else " (this route takes no fields)"
+                raise ApiError(400, f"{key}: unknown field{hint}", str(key))
+        return body
+
+    # ------------------------------------------------------------------ pages and plain routes
+    async def index(self, request: web.Request) -> web.StreamResponse:
+        return await self.static(request, "index.html")
+
+    async def static(self, request: web.Request, name: str | None = None) -> web.StreamResponse:
+        asset = self.assets.get(name or request.match_info["file"])
+        if asset is None:
+            raise ApiError(404, f"no such file: {request.path}", "path")
+        return web.Response(body=asset.data, content_type=asset.content_type, charset=asset.charset)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return _json({"status": "ok", "version": __version__, "groups": len(self.controller.groups)})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        data = generate_latest(self.controller.telemetry.registry)
+        resp = web.Response(body=data)
+        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return resp
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.Response(text=self._openapi, content_type="application/json")
+
+    # ------------------------------------------------------------------ reading
+    async def groups(self, request: web.Request) -> web.Response:
+        return _json({"groups": [self._body(gc) for gc in self.controller.groups.values()]})
+
+    async def group(self, request: web.Request) -> web.Response:
+        return _json(self._body(self._group(request)))
+
+    async def group_series(self, request: web.Request) -> web.Response:
+        gc = self._group(request)
+        now = gc.clock.now()
+        since = self._since(request, now)
+        body = self.series[gc.s.name].columns(now, since)
+        start = max(now - WINDOW, since if since is not None else 0.0)
+        store = self.controller.store
+        ready = await asyncio.to_thread(store.events, gc.s.name, start, 2000, ("replica_ready",))
+        body["provision"] = [
+            {"t": e.ts, "seconds": round(float(e.data["seconds"]), 3), "replica": e.replica}
+            for e in ready
+            if isinstance(e.data.get("seconds"), int | float)
+        ]
+        body.update(group=gc.s.name, now=now, window=WINDOW, min=gc.s.min, max=gc.s.max)
+        return _json(body)
+
+    def _since(self, request: web.Request, now: float) -> float | None:
+        text = request.query.get("since")
+        if text is None or text == "":
+            return None
+        try:
+            return parse_since(text, now)
+        except ValueError as exc:
+            raise ApiError(400, f"since: {exc}", "since") from None
+
+    async def events(self, request: web.Request) -> web.Response:
+        group = request.query.get("group") or None
+        if group is not None and group not in self.controller.groups:
+            raise ApiError(404, f"no group named {group!r}", "group")
+        since = self._since(request, time.time())
+        limit_text = request.query.get("limit", str(EVENTS_DEFAULT_LIMIT))
+        try:
+            limit = int(limit_text)
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= EVENTS_MAX_LIMIT:
+            raise ApiError(
+                400, f"limit: expected an integer 1..{EVENTS_MAX_LIMIT} (got {limit_text!r})", "limit"
+            )
+        rows = await asyncio.to_thread(history_rows, self.controller.store, group, since, limit)
+        return _json({"events": rows})
+
+    # ------------------------------------------------------------------ changing
+    async def scale(self, request: web.Request) -> web.Response:
+        self.auth.check(request)
+        gc = self._group(request)
+        body = await self._json_object(request, ("replicas",))
+        if "replicas" not in body:
+            raise ApiError(400, 'replicas: required, e.g. {"replicas": 3}', "replicas")
+        n = body["replicas"]
+        # bool is an int in Python, and 3.0 is not a count: both are mistakes worth naming.
+        if not isinstance(n, int) or isinstance(n, bool):
+            raise ApiError(400, f"replicas: expected an integer (got {json.dumps(n)})", "replicas")
+        if not gc.s.min <= n <= gc.s.max:
+            raise ApiError(
+                400,
+                f"replicas: must be between min {gc.s.min} and max {gc.s.max} of group {gc.s.name} (got {n})",
+                "replicas",
+            )
+        gc.set_manual(n)
+        return _json(self._body(gc))
+
+    async def pause(self, request: web.Request) -> web.Response:
+        self.auth.check(request)
+        gc = self._group(request)
+        await self._json_object(request, ())
+        if not gc.rt.paused:
+            gc.pause()
+        return _json(self._body(gc))
+
+    async def resume(self, request: web.Request) -> web.Response:
+        self.auth.check(request)
+        gc = self._group(request)
+        await self._json_object(request, ())
+        if gc.rt.paused:
+            gc.resume()
+        return _json(self._body(gc))

@@ -1,0 +1,507 @@
+"""Docker tier: each replica is a container, managed through the Docker Engine API (Docker SDK for Python).
+
+Ownership lives on the engine: every container carries the labels `io.tierscale.group` and
+`io.tierscale.replica` (SPEC §5), so `list` after a controller restart finds the same containers, and
+containers of other groups or without the labels are never touched. The service port is published on
+127.0.0.1 with a host port the engine picks; `create` reads it back as the replica's address.
+
+Restart policy is `no`: tierscale is the one that replaces replicas. A container that exits (crash,
+`docker kill`, or a dockerd restart without live-restore) is listed as `failed`; the controller removes
+it and creates a new one.
+
+Every engine failure becomes a `ProviderError` with a one-line message; an unreachable engine drops
+the client, and the next call connects afresh, so the controller resumes when the engine returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import math
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from tierscale.providers.base import ProviderError, Replica, ReplicaState, ReplicaStats
+from tierscale.providers.docker_image import DEMO_IMAGE, WORKLOAD_BUILD_SH, ImageBuildError, build_demo_image
+from tierscale.providers.docker_stats import (
+    CgroupFiles,
+    CgroupLocator,
+    CpuTracker,
+    Sample,
+    StatsStreams,
+    read_cgroup,
+    sample_from_api_stats,
+)
+
+LABEL_GROUP = "io.tierscale.group"
+LABEL_REPLICA = "io.tierscale.replica"
+LABEL_PORT = "io.tierscale.port"  # the container port the address was published from
+LABEL_CREATED = "io.tierscale.created"  # time.time() at create, with sub-second precision
+LABEL_CPUS = "io.tierscale.cpus"  # the CPU allotment, so an adopted container's percent means the same
+
+STUCK_CREATED_AFTER = 60.0  # a container still in "created" after this was abandoned mid-create
+API_TIMEOUT = 30.0  # seconds for one Engine API call (a stop adds its grace period on top)
+STATS_WORKERS = 8  # inspects of new containers (cgroup lookup) run this many at a time
+STATS_SOURCES = ("auto", "cgroup", "stream", "oneshot")
+
+T = TypeVar("T")
+
+try:  # paramiko carries ssh:// engines (docker[ssh]); its errors mean "unreachable" too
+    from paramiko.ssh_exception import SSHException
+
+    _SSH_ERRORS: tuple[type[BaseException], ...] = (SSHException,)
+except ImportError:  # pragma: no cover - paramiko is a dependency, but only ssh:// needs it
+    _SSH_ERRORS = ()
+_DEMO_BUILD_LOCK = threading.Lock()
+
+
+def _is_local(base_url: str | None) -> bool:
+    if not base_url or base_url.startswith(("unix://", "npipe://", "http+unix://")):
+        return True
+    host = urlsplit(base_url).hostname or ""
+    if host in ("localhost", ""):
+        return True
+    with contextlib.suppress(ValueError):
+        return ipaddress.ip_address(host).is_loopback
+    return False
+
+
+def _publish_ip(base_url: str | None) -> str:
+    """Where to publish the service port: loopback for a local engine, else the engine host's address
+    (the controller must reach it, and loopback on a remote host is unreachable from here)."""
+    if _is_local(base_url):
+        return "127.0.0.1"
+    host = urlsplit(base_url or "").hostname or "127.0.0.1"
+    try:
+        return socket.gethostbyname(host)
+    except OSError as exc:
+        raise ProviderError(f"cannot resolve the Docker host {host!r}: {exc}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost useful words of a requests/urllib3 connection error."""
+    text = str(exc)
+    for inner in (getattr(exc, "__cause__", None), getattr(exc, "__context__", None)):
+        if inner is not None and str(inner):
+            text = str(inner)
+    for marker in ("No such file or directory", "Connection refused", "Connection aborted", "timed out"):
+        if marker in text or marker in str(exc):
+            return marker.lower()
+    return text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
+
+
+@dataclass
+class _Known:
+    """What stats needs per container, learned once (inspect) and reused while the container lives."""
+
+    pid: int
+    cgroup: CgroupFiles | None
+
+
+class DockerProvider:
+    tier = "docker"
+
+    def __init__(
+        self,
+        group: str,
+        image: str,
+        port: int = 8080,
+        env: Mapping[str, str] | None = None,
+        cpus: float | None = None,
+        memory: int | None = None,
+        command: Sequence[str] | None = None,
+        host: str | None = None,
+        stats_source: str = "auto",  # auto (cgroup, else stream) | cgroup | stream | oneshot
+    ) -> None:
+        if stats_source not in STATS_SOURCES:
+            raise ValueError(
+                f"stats_source: expected one of {', '.join(STATS_SOURCES)} (got {stats_source!r})"
+            )
+        self.group = group
+        self.image = image
+        self.port = port
+        self.env = dict(env or {})
+        self.cpus = cpus
+        self.memory = memory
+        self.command = list(command) if command is not None else None
+        self.host = host
+        self.stats_source = stats_source
+        self._client: docker.DockerClient | None = None
+        self._client_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._cpu = CpuTracker()
+        self._known: dict[str, _Known] = {}
+        self._locator: CgroupLocator | None = None
+        self._streams: StatsStreams | None = None
+        self._stats_lock = threading.Lock()
+        self._stream_client: docker.DockerClient | None = None
+
+    # ---- engine connection -------------------------------------------------------------------------
+    @property
+    def engine(self) -> str:
+        return self.host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+    def client(self) -> docker.DockerClient:
+        """The SDK client, connected on first use (and again after the engine was lost)."""
+        with self._client_lock:
+            if self._client is None:
+                try:
+                    self._client = self._make_client(max_pool_size=STATS_WORKERS + 8)
+                except (docker.errors.DockerException, OSError, *_SSH_ERRORS) as exc:
+                    raise self._unreachable(exc) from None
+            return self._client
+
+    def _make_client(self, max_pool_size: int) -> docker.DockerClient:
+        # version "auto" asks the engine which API version to speak: old and new engines both work.
+        kwargs: dict[str, Any] = {"version": "auto", "timeout": API_TIMEOUT, "max_pool_size": max_pool_size}
+        if self.host:
+            return docker.DockerClient(base_url=self.host, **kwargs)
+        return docker.from_env(**kwargs)
+
+    def _unreachable(self, exc: BaseException) -> ProviderError:
+        return ProviderError(
+            f"Docker engine unreachable at {self.engine} ({_reason(exc)}); is dockerd running?"
+        )
+
+    def _drop_client(self) -> None:
+        with self._client_lock:
+            if self._client is not None:
+                with contextlib.suppress(Exception):
+                    self._client.close()
+                self._client = None
+
+    @contextlib.contextmanager
+    def _engine(self, what: str) -> Iterator[None]:
+        """SDK/transport failures → one-line ProviderErrors; forget the client if the engine went away."""
+        try:
+            yield
+        except ProviderError:
+            raise
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+            self._drop_client()
+            if isinstance(exc, requests.exceptions.ReadTimeout):
+                raise ProviderError(f"Docker engine at {self.engine} did not answer {what} in time") from None
+            raise self._unreachable(exc) from None
+        except docker.errors.APIError as exc:
+            msg = exc.explanation if isinstance(exc.explanation, str) and exc.explanation else str(exc)
+            raise ProviderError(f"{what}: {msg}") from None
+        except docker.errors.DockerException as exc:
+            self._drop_client()
+            raise self._unreachable(exc) from None
+        except (OSError, *_SSH_ERRORS) as exc:  # ssh:// engines fail with socket/paramiko errors
+            self._drop_client()
+            raise self._unreachable(exc) from None
+
+    def _retry_once(self, what: str, fn: Callable[[], T]) -> T:
+        """Read-only calls: a pooled connection that died with a restarted dockerd fails once; retry it."""
+        try:
+            with self._engine(what):
+                return fn()
+        except ProviderError as first:
+            if self._client is not None:  # the failure was not the engine being unreachable
+                raise
+            try:
+                with self._engine(what):
+                    return fn()
+            except ProviderError:
+                raise first from None
+
+    # ---- list ----------------------------------------------------------------------------------------
+    def _containers(self, *labels: str) -> list[dict[str, Any]]:
+        filters = {"label": [f"{LABEL_GROUP}={self.group}", *labels]}
+        return self._retry_once(
+            "listing containers", lambda: self.client().api.containers(all=True, filters=filters)
+        )
+
+    def list(self) -> list[Replica]:
+        out = [r for row in self._containers() if (r := self._replica(row)) is not None]
+        return sorted(out, key=lambda r: r.created_at)
+
+    def _replica(self, row: Mapping[str, Any]) -> Replica | None:
+        labels = row.get("Labels") or {}
+        rid = labels.get(LABEL_REPLICA)
+        if labels.get(LABEL_GROUP) != self.group or not rid:
+            return None  # only what carries both marks is ours
+        try:
+            created = float(labels.get(LABEL_CREATED) or row.get("Created") or 0)
+        except ValueError:
+            created = float(row.get("Created") or 0)
+        try:
+            cport = int(labels.get(LABEL_PORT) or self.port)
+        except ValueError:
+            cport = self.port
+        address = None
+        for p in row.get("Ports") or []:
+            if p.get("PrivatePort") == cport and p.get("Type") == "tcp" and p.get("PublicPort"):
+                ip = p.get("IP") or "127.0.0.1"
+                ip = "127.0.0.1" if ip in ("0.0.0.0", "::", "") else ip
+                address = f"[{ip}]:{p['PublicPort']}" if ":" in ip else f"{ip}:{p['PublicPort']}"
+                break
+        engine_state = str(row.get("State") or "")
+        state: ReplicaState
+        if engine_state in ("running", "paused"):  # paused answers no probe: health checks replace it
+            state = "running"
+        elif engine_state in ("created", "restarting"):
+            state = "provisioning" if time.time() - created < STUCK_CREATED_AFTER else "failed"
+        else:  # exited, dead, removing
+            state = "failed"
+        names = row.get("Names") or []
+        return Replica(
+            id=rid,
+            group=self.group,
+            address=address,
+            state=state,
+            created_at=created,
+            detail={
+                "container": str(row.get("Id", "")),
+                "name": names[0].lstrip("/") if names else "",
+                "image": str(row.get("Image", "")),
+                "engine_state": engine_state,
+                "cpus": str(labels.get(LABEL_CPUS) or ""),
+            },
+        )
+
+    # ---- create --------------------------------------------------------------------------------------
+    def _check_image(self) -> None:
+        """The image must be on the engine (tierscale never pulls) and expose the service port."""
+        api = self.client().api
+        with self._engine(f"inspecting image {self.image}"):
+            try:
+                info = api.inspect_image(self.image)
+            except docker.errors.ImageNotFound:
+                if self.image != DEMO_IMAGE or not WORKLOAD_BUILD_SH.is_file():
+                    raise ProviderError(
+                        f"template.image: {self.image!r} is not on the Docker engine at {self.engine}; "
+                        "build, load or pull it first (tierscale never pulls; demo image: make docker-image)"
+                    ) from None
+                info = self._build_demo_image()
+        self._check_exposed(info)
+
+    def _build_demo_image(self) -> dict[str, Any]:
+        """The demo image is built from the source checkout on first use (what `make docker-image` does)."""
+        with _DEMO_BUILD_LOCK:  # concurrent creates build it once
+            try:
+                build_demo_image(self.client())
+                return self.client().api.inspect_image(self.image)
+            except (ImageBuildError, docker.errors.DockerException, OSError) as exc:
+                raise ProviderError(f"template.image: cannot build {DEMO_IMAGE}: {exc}") from None
+
+    def _check_exposed(self, info: Mapping[str, Any]) -> None:
+        exposed = set((info.get("Config") or {}).get("ExposedPorts") or {})
+        # An image that declares no ports may still listen anywhere; one that declares ports documents them.
+        if exposed and f"{self.port}/tcp" not in exposed:
+            raise ProviderError(
+                f"template.port: image {self.image!r} does not expose port {self.port}/tcp "
+                f"(it exposes {', '.join(sorted(exposed))})"
+            )
+
+    def create(self, replica_id: str) -> Replica:
+        self._check_image()
+        api = self.client().api
+        created = time.time()
+        name = f"tierscale-{self.group}-{replica_id}"
+        labels = {
+            LABEL_GROUP: self.group,
+            LABEL_REPLICA: replica_id,
+            LABEL_PORT: str(self.port),
+            LABEL_CREATED: f"{created:.6f}",
+            LABEL_CPUS: f"{self.cpus:g}" if self.cpus else "",
+        }
+        env = {**self.env, "TIERSCALE_REPLICA": replica_id, "TIERSCALE_GROUP": self.group}
+        command = (
+            [c.replace("{replica}", replica_id).replace("{port}", str(self.port)) for c in self.command]
+            if self.command is not None
+            else None
+        )
+        with self._engine(f"creating container {name}"):
+            host_config = api.create_host_config(
+                port_bindings={self.port: (_publish_ip(self.engine), None)},  # None: the engine picks
+                nano_cpus=int(self.cpus * 1e9) if self.cpus else None,
+                mem_limit=self.memory,
+                restart_policy={"Name": "no"},
+            )
+            cid = api.create_container(
+                self.image,
+                command=command,
+                name=name,
+                labels=labels,
+                environment=env,
+                ports=[self.port],
+                host_config=host_config,
+                detach=True,
+            )["Id"]
+        try:
+            with self._engine(f"starting container {name}"):
+                api.start(cid)
+                info = api.inspect_container(cid)
+            bindings = ((info.get("NetworkSettings") or {}).get("Ports") or {}).get(f"{self.port}/tcp") or []
+            if not bindings or not bindings[0].get("HostPort"):
+                raise ProviderError(
+                    f"container {name}: the engine published no host port for {self.port}/tcp"
+                )
+            ip = bindings[0].get("HostIp") or "127.0.0.1"
+            ip = "127.0.0.1" if ip in ("0.0.0.0", "::", "") else ip
+            address = f"{ip}:{bindings[0]['HostPort']}"
+        except BaseException:
+            # Nothing half-created: a container that did not start is removed again.
+            with contextlib.suppress(Exception):
+                api.remove_container(cid, force=True, v=True)
+            raise
+        return Replica(
+            replica_id,
+            self.group,
+            address,
+            "running",
+            created,
+            {"container": cid, "name": name, "image": self.image, "engine_state": "running"},
+        )
+
+    # ---- delete --------------------------------------------------------------------------------------
+    def delete(self, replica: Replica, grace: float = 5.0) -> None:
+        """Stop (SIGTERM, SIGKILL after `grace`), then remove the container and its anonymous volumes."""
+        api = self.client().api
+        for row in self._containers(f"{LABEL_REPLICA}={replica.id}"):
+            cid = row["Id"]
+            try:
+                with self._engine(f"stopping container {cid[:12]}"):
+                    if row.get("State") in ("running", "paused", "restarting"):
+                        api.stop(cid, timeout=max(0, math.ceil(grace)))
+                    api.remove_container(cid, force=True, v=True)
+            except ProviderError as exc:
+                if "No such container" not in str(exc) and "is already in progress" not in str(exc):
+                    raise
+            self._known.pop(cid, None)
+            self._cpu.forget(cid)
+
+    # ---- stats ---------------------------------------------------------------------------------------
+    # See docker_stats.py for the sources and bench/docker_metrics.py for what each costs.
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=STATS_WORKERS, thread_name_prefix="docker-stats")
+        return self._pool
+
+    def _learn(self, cid: str) -> _Known | None:
+        """Inspect a container once: its main pid, hence its cgroup files when the engine is local."""
+        try:
+            info = self.client().api.inspect_container(cid)
+        except Exception:
+            return None
+        pid = int((info.get("State") or {}).get("Pid") or 0)
+        if self._locator is None:
+            self._locator = CgroupLocator()
+        return _Known(pid, self._locator.locate(cid, pid))
+
+    def _stream_api(self) -> Any:
+        """A second client for the long-lived streams: each holds a pooled connection for its lifetime."""
+        with self._client_lock:
+            if self._stream_client is None:
+                kwargs: dict[str, Any] = {"version": "auto", "timeout": API_TIMEOUT, "max_pool_size": 1024}
+                self._stream_client = (
+                    docker.DockerClient(base_url=self.host, **kwargs)
+                    if self.host
+                    else docker.from_env(**kwargs)
+                )
+            return self._stream_client.api
+
+    def _oneshot(self, cid: str) -> Sample | None:
+        try:
+            body = self.client().api.stats(cid, stream=False, one_shot=True)
+        except Exception:
+            return None
+        return sample_from_api_stats(body, time.monotonic())
+
+    def _samples(self, cids: list[str]) -> dict[str, Sample | None]:
+        samples: dict[str, Sample | None] = {}
+        rest = cids
+        if self.stats_source in ("auto", "cgroup"):
+            new = [cid for cid in cids if cid not in self._known]
+            for cid, known in zip(new, self._executor().map(self._learn, new), strict=True):
+                if known is not None:
+                    self._known[cid] = known
+            rest = []
+            for cid in cids:
+                k = self._known.get(cid)
+                sample = read_cgroup(k.cgroup) if k is not None and k.cgroup is not None else None
+                if sample is not None:
+                    samples[cid] = sample
+                else:
+                    rest.append(cid)
+            if self.stats_source == "cgroup":
+                return samples
+        if self.stats_source == "oneshot":
+            # Each call waits for the engine's next collection cycle: all of them at once, or N seconds.
+            with ThreadPoolExecutor(max_workers=max(1, min(64, len(rest)))) as pool:
+                samples.update(zip(rest, pool.map(self._oneshot, rest), strict=True))
+            return samples
+        if self._streams is None:
+            if not rest:
+                return samples
+            self._streams = StatsStreams(self._stream_api)
+        self._streams.watch(set(rest))
+        for cid in rest:
+            samples[cid] = self._streams.latest(cid)  # None until a new stream's first reading arrives
+        return samples
+
+    def stats(self, replicas: list[Replica]) -> dict[str, ReplicaStats]:
+        # One pass at a time: a pass the controller gave up on (timeout) may still be running in its thread.
+        with self._stats_lock:
+            return self._stats(replicas)
+
+    def _stats(self, replicas: list[Replica]) -> dict[str, ReplicaStats]:
+        targets = {
+            r.detail["container"]: r for r in replicas if r.detail.get("container") and r.state == "running"
+        }
+        if not targets:
+            if self._streams is not None:
+                self._streams.watch(set())
+            return {}
+        self.client()  # unreachable engine: one clear ProviderError instead of silence per container
+        samples = self._samples(list(targets))
+        out: dict[str, ReplicaStats] = {}
+        for cid, r in targets.items():
+            sample = samples.get(cid)
+            if sample is None:
+                continue
+            cpus = self._allotment(r)
+            pct = self._cpu.percent(cid, sample, cpus, r.created_at)
+            out[r.id] = ReplicaStats(
+                cpu_percent=pct, cpu_allotment_milli=round(cpus * 1000), memory_bytes=sample.memory_bytes
+            )
+        # Readings of containers that are gone are dropped; the others are kept for the next pass.
+        for cid in set(self._known) - set(targets):
+            self._known.pop(cid, None)
+        self._cpu.retain(set(targets))
+        return out
+
+    def _allotment(self, r: Replica) -> float:
+        """Cores the percent refers to: the container's NanoCpus, or one core when unlimited."""
+        with contextlib.suppress(ValueError):
+            v = float(r.detail.get("cpus") or 0)
+            if v > 0:
+                return v
+        return self.cpus or 1.0
+
+    def close(self) -> None:
+        if self._streams is not None:
+            self._streams.close()
+            self._streams = None
+        if self._stream_client is not None:
+            with contextlib.suppress(Exception):
+                self._stream_client.close()
+            self._stream_client = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        self._drop_client()
+        self._known.clear()

@@ -1,0 +1,698 @@
+"""libvirt tier: each replica is a QEMU/KVM virtual machine, driven through libvirt-python.
+
+Create: a persistent domain is defined first (its ownership element marks it ours before anything else
+exists), then its qcow2 overlay on the golden image is made through libvirt's storage API, then it is
+started. Any failure on the way removes what was made and raises `ProviderError`, so the controller
+records it and retries with backoff. The replica's identity reaches the guest twice: kernel command line
+`tierscale.replica=ID` (kernel boots) and the SMBIOS system serial (any image).
+
+List: domains named `tierscale-<group>-*` whose metadata says group=<group> (SPEC §5); a restarted
+controller adopts them, and no other domain is ever looked at twice or touched.
+
+Delete: ACPI shutdown with `grace` seconds to finish, then destroy, undefine, remove the overlay.
+
+Stats: one `virConnectDomainListGetStats` call for all replicas; CPU % from `cpu.time` deltas over wall
+time and vCPUs.
+
+Networking `user`: QEMU user networking forwards a free 127.0.0.1 port to the guest's service port; the
+address is read back from the domain XML, so it survives a controller restart. Networking `<name>`: the
+domain joins that libvirt network and its address comes from DHCP leases, ARP or the guest agent.
+
+`domain_type: auto`: `kvm` if libvirt offers KVM there and a probe guest actually boots under it, else
+`qemu` (TCG); see `libvirt_probe`. Warm pool: see `libvirt_pool`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import logging
+import os
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import libvirt
+
+from tierscale.providers.base import ProviderError, Replica, ReplicaState, ReplicaStats
+from tierscale.providers.libvirt_conn import Connection, error_code, message
+from tierscale.providers.libvirt_storage import OverlayStore
+from tierscale.providers.libvirt_xml import (
+    DEFAULT_CMDLINE,
+    NAME_PREFIX,
+    OWNER_NS,
+    OWNER_PREFIX,
+    DomainFacts,
+    DomainSpec,
+    Owner,
+    domain_name,
+    parse_facts,
+    parse_owner,
+    render_domain,
+)
+
+log = logging.getLogger("tierscale.libvirt")
+
+SYSTEM_OVERLAY_DIR = "/var/lib/libvirt/images/tierscale"
+SESSION_OVERLAY_DIR = "~/.local/share/libvirt/images/tierscale"
+MIN_SAMPLE_INTERVAL = 0.5  # s: a CPU delta over less than this is mostly noise
+PORT_ATTEMPTS = 3  # a forwarded port taken between choosing it and QEMU binding it: choose again
+
+
+def is_local_uri(uri: str) -> bool:
+    host = urlsplit(uri).hostname
+    return host in (None, "", "localhost", "127.0.0.1", "::1")
+
+
+def default_overlay_dir(uri: str) -> str:
+    if urlsplit(uri).path.rstrip("/").endswith("session"):
+        return str(Path(SESSION_OVERLAY_DIR).expanduser())
+    return SYSTEM_OVERLAY_DIR
+
+
+@dataclass
+class Entry:
+    """One of our domains as the last scan saw it."""
+
+    dom: libvirt.virDomain
+    name: str
+    owner: Owner
+    facts: DomainFacts
+    state: int  # libvirt.VIR_DOMAIN_* state
+    reason: int = 0  # why it is in that state (VIR_DOMAIN_PAUSED_USER: we paused it)
+
+    @property
+    def paused_by_us(self) -> bool:
+        # A domain is also briefly paused while QEMU starts up; only a deliberate pause counts.
+        return self.state == libvirt.VIR_DOMAIN_PAUSED and self.reason == libvirt.VIR_DOMAIN_PAUSED_USER
+
+
+class LibvirtProvider:
+    tier = "libvirt"
+
+    def __init__(
+        self,
+        group: str,
+        state_dir: Path,
+        template: Any,
+        warm_pool: int = 0,
+        health_path: str = "/healthz",
+        boot_timeout: float = 60.0,
+    ) -> None:
+        self.group = group
+        self.state_dir = Path(state_dir)
+        self.local = is_local_uri(template.uri)
+        if self.local:
+            # libvirtd resolves paths against its own working directory: make relative ones (as in
+            # examples/libvirt.yaml) relative to where tierscale runs, which is what the user meant.
+            paths = {
+                k: os.path.abspath(v)
+                for k in ("kernel", "initrd", "base_image")
+                if (v := getattr(template, k))
+            }
+            template = template.model_copy(update=paths)
+        self.t = template
+        self.health_path = health_path
+        self.boot_timeout = boot_timeout
+        self.conn = Connection(template.uri)
+        self.prefix = f"{NAME_PREFIX}{group}-"
+        overlay_dir = template.overlay_dir or default_overlay_dir(template.uri)
+        self.store = OverlayStore(self.conn, group, overlay_dir) if template.base_image else None
+        self._lock = threading.Lock()
+        self._busy: set[str] = set()  # domain names this provider is creating or deleting right now
+        self._ports: dict[str, int] = {}  # forwarded ports chosen by this provider, by domain name
+        self._facts: dict[str, DomainFacts] = {}  # by domain UUID: the XML parts that never change
+        self._addresses: dict[str, str] = {}  # by domain UUID: addresses found on libvirt networks
+        self._doms: dict[str, tuple[int, libvirt.virDomain]] = {}  # by name: (connection generation, dom)
+        self._last_cpu: dict[str, tuple[int, float]] = {}  # replica id -> (cpu.time ns, monotonic s)
+        self._last_pct: dict[str, float] = {}  # replica id -> the last utilization computed
+        self._domain_type: str | None = None if template.domain_type == "auto" else template.domain_type
+        self._type_lock = threading.Lock()
+        self._events: Any = None
+        self.pool: Any = None
+        if warm_pool > 0:
+            from tierscale.providers.libvirt_pool import WarmPool
+
+            self.pool = WarmPool(self, warm_pool)
+
+    # ------------------------------------------------------------------ scanning
+    def scan(self) -> list[Entry]:
+        """Every domain of this group, any role, with its state: one stats call plus one metadata read
+        per domain named like ours."""
+
+        def scan(c: libvirt.virConnect) -> list[Entry]:
+            out: list[Entry] = []
+            records = c.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE, 0)
+            for dom, rec in records:
+                name = dom.name()
+                if not name.startswith(self.prefix):
+                    continue
+                try:
+                    owner = parse_owner(dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, OWNER_NS, 0))
+                except libvirt.libvirtError as exc:
+                    if error_code(exc) in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_DOMAIN_METADATA):
+                        continue  # gone meanwhile, or named like ours but not ours: never touched
+                    raise
+                if owner is None or owner.group != self.group:
+                    continue
+                uuid = dom.UUIDString()
+                facts = self._facts.get(uuid)
+                if facts is None:
+                    try:
+                        facts = parse_facts(dom.XMLDesc(0))
+                    except libvirt.libvirtError as exc:
+                        if error_code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
+                            continue
+                        raise
+                    self._facts[uuid] = facts
+                state = int(rec.get("state.state", libvirt.VIR_DOMAIN_NOSTATE))
+                out.append(Entry(dom, name, owner, facts, state, int(rec.get("state.reason", 0))))
+            return out
+
+        entries = self.conn.call("list domains", scan)
+        gen = self.conn.generation
+        with self._lock:
+            self._doms = {e.name: (gen, e.dom) for e in entries}
+        return entries
+
+    def _state(self, e: Entry) -> ReplicaState:
+        if e.name in self._busy:
+            return "provisioning"
+        if e.state in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED, libvirt.VIR_DOMAIN_PAUSED):
+            # A paused replica serves nothing; health checks find that out and have it replaced.
+            return "running"
+        if e.state == libvirt.VIR_DOMAIN_SHUTDOWN:
+            return "stopped"
+        return "failed"  # shut off or crashed: the controller deletes and replaces it
+
+    def _address(self, e: Entry) -> str | None:
+        if e.facts.host_port is not None:
+            return f"127.0.0.1:{e.facts.host_port}"
+        uuid = e.dom.UUIDString()
+        if uuid in self._addresses:
+            return self._addresses[uuid]
+        if e.state != libvirt.VIR_DOMAIN_RUNNING:
+            return None
+        addr = self._network_address(e.dom)
+        if addr is not None:
+            self._addresses[uuid] = addr
+        return addr
+
+    def _network_address(self, dom: libvirt.virDomain) -> str | None:
+        """The guest's IPv4 address on its libvirt network: DHCP lease, then ARP, then the guest agent."""
+        for source in (
+            libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE,
+            libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP,
+            libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT,
+        ):
+            try:
+                ifaces = dom.interfaceAddresses(source, 0) or {}
+            except libvirt.libvirtError:
+                continue
+            addr = first_ipv4(ifaces)
+            if addr:
+                return f"{addr}:{self.t.port}"
+        return None
+
+    def replica_of(self, e: Entry) -> Replica:
+        detail = {"domain": e.name, "domain_type": self._domain_type or self.t.domain_type}
+        if e.facts.overlay:
+            detail["overlay"] = e.facts.overlay
+        return Replica(
+            id=e.owner.id,
+            group=self.group,
+            address=self._address(e),
+            state=self._state(e),
+            created_at=e.owner.created,
+            detail=detail,
+        )
+
+    # ------------------------------------------------------------------ Provider
+    def list(self) -> list[Replica]:
+        return [self.replica_of(e) for e in self.scan() if e.owner.role == "replica"]
+
+    def create(self, replica_id: str) -> Replica:
+        self._start_background()
+        if self.pool is not None:
+            taken = self.pool.take()
+            if taken is not None:
+                return taken
+        return self.boot(replica_id, "replica", self.domain_type())
+
+    def delete(self, replica: Replica, grace: float = 5.0) -> None:
+        self.remove(domain_name(self.group, replica.id), grace)
+        self._last_cpu.pop(replica.id, None)
+        self._last_pct.pop(replica.id, None)
+
+    def stats(self, replicas: list[Replica]) -> dict[str, ReplicaStats]:
+        self._start_background()
+        if not replicas:
+            return {}
+        by_name = {domain_name(self.group, r.id): r.id for r in replicas}
+        gen = self.conn.generation
+        with self._lock:
+            doms = [d for name, (g, d) in self._doms.items() if name in by_name and g == gen]
+        if not doms:
+            return {}
+        flags = (
+            libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
+            | libvirt.VIR_DOMAIN_STATS_VCPU
+            | libvirt.VIR_DOMAIN_STATS_BALLOON
+        )
+
+        def get(c: libvirt.virConnect) -> list[tuple[libvirt.virDomain, dict[str, Any]]]:
+            try:
+                return c.domainListGetStats(doms, flags, 0)
+            except libvirt.libvirtError as exc:
+                if error_code(exc) != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+                # One of them went away since the last listing: the rest still get their sample.
+                alive = [d for d in doms if _exists(d)]
+                return c.domainListGetStats(alive, flags, 0) if alive else []
+
+        records = self.conn.call("read domain stats", get)
+        now = time.monotonic()
+        out: dict[str, ReplicaStats] = {}
+        for dom, rec in records:
+            rid = by_name.get(dom.name())
+            if rid is None or "cpu.time" not in rec:
+                continue
+            vcpus = int(rec.get("vcpu.current") or self.t.vcpus or 1)
+            allot_milli = round(self.t.cpus * 1000) if self.t.cpus else vcpus * 1000
+            cpu_ns = int(rec["cpu.time"])
+            prev = self._last_cpu.get(rid)
+            pct: float | None = self._last_pct.get(rid)
+            if prev is None or cpu_ns < prev[0]:
+                self._last_cpu[rid] = (cpu_ns, now)  # first sight (or a restarted QEMU): no delta yet
+                pct = None
+            elif now - prev[1] >= MIN_SAMPLE_INTERVAL:
+                pct = 100.0 * (cpu_ns - prev[0]) / ((now - prev[1]) * 1e6 * allot_milli)
+                self._last_cpu[rid] = (cpu_ns, now)
+                self._last_pct[rid] = pct
+            # else: asked again right away (the loop woke early): the last value stands, the baseline stays
+            rss_kib = rec.get("balloon.rss") or rec.get("balloon.current")
+            out[rid] = ReplicaStats(
+                cpu_percent=pct,
+                cpu_allotment_milli=allot_milli,
+                memory_bytes=int(rss_kib) * 1024 if rss_kib else None,
+            )
+        return out
+
+    def close(self) -> None:
+        """Stop the warm pool and remove its paused VMs (they serve nobody without a controller), remove
+        overlays nothing uses, and the storage pool if it is empty. Replicas keep running."""
+        try:
+            if self.pool is not None:
+                self.pool.stop()
+            leftovers = [e.name for e in self.scan() if e.owner.role != "replica"]
+            self.remove_many(leftovers, grace=0.0)
+            self.collect_garbage()
+            if self.store is not None:
+                self.store.remove_if_empty()
+        except ProviderError as exc:
+            log.warning("%s: cleanup on close incomplete: %s", self.group, exc)
+        finally:
+            self.conn.close()
+            if self._events is not None:
+                self._events.close()
+                self._events = None
+
+    # ------------------------------------------------------------------ boot
+    def domain_type(self) -> str:
+        if self._domain_type is not None:
+            return self._domain_type
+        with self._type_lock:
+            if self._domain_type is None:
+                from tierscale.providers.libvirt_probe import choose_domain_type
+
+                dtype, reason = choose_domain_type(self)
+                self._domain_type = dtype
+                text = f"domain_type auto: using {dtype} ({'KVM' if dtype == 'kvm' else 'TCG'}): {reason}"
+                (log.info if dtype == "kvm" else log.warning)("%s: %s", self.group, text)
+                self.record_event("provider_info", text, domain_type=dtype, reason=reason)
+            return self._domain_type
+
+    def _check_sources(self) -> None:
+        """Missing files on a local host get a message naming the template key, before anything is made."""
+        if not self.local:
+            return  # the paths are on the remote host; libvirt's own error names them
+        for key in ("base_image", "kernel", "initrd"):
+            path = getattr(self.t, key)
+            if path is not None and not os.path.isfile(path):
+                raise ProviderError(f"template.{key} {path} does not exist")
+
+    def _choose_port(self) -> int:
+        """A free loopback port that none of this group's VMs forwards (callers hold `_lock`)."""
+        used = set(self._ports.values()) | {f.host_port for f in self._facts.values() if f.host_port}
+        for _ in range(50):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("127.0.0.1", 0))
+                port = int(s.getsockname()[1])
+            if port not in used:
+                return port
+        raise ProviderError("no free loopback port for the VM's forward")
+
+    def _cmdline(self, replica_id: str, overlay: bool) -> str | None:
+        if not self.t.kernel:
+            return None
+        parts = [self.t.cmdline if self.t.cmdline is not None else DEFAULT_CMDLINE]
+        if self.t.cmdline is None:
+            tsc = self.conn.tsc_khz()
+            if tsc:
+                parts.append(f"tsc_early_khz={tsc}")
+        if overlay and "root=" not in parts[0]:
+            parts.append("root=/dev/vda rw")
+        parts.append(
+            f"tierscale.replica={replica_id} tierscale.group={self.group} tierscale.port={self.t.port}"
+        )
+        return " ".join(parts)
+
+    def _network_for(self, role: str) -> str:
+        # A local KVM probe guest is reached through a forwarded port whatever the group's network is.
+        return "user" if role == "probe" and self.local else self.t.network
+
+    def spec(
+        self, name: str, owner: Owner, domain_type: str, port: int | None, overlay: str | None
+    ) -> DomainSpec:
+        return DomainSpec(
+            name=name,
+            owner=owner,
+            domain_type=domain_type,
+            memory_bytes=self.t.memory,
+            vcpus=self.t.vcpus,
+            guest_port=self.t.port,
+            network=self._network_for(owner.role),
+            host_port=port,
+            kernel=self.t.kernel,
+            initrd=self.t.initrd,
+            cmdline=self._cmdline(owner.id, overlay is not None),
+            overlay=overlay,
+            base_image=self.t.base_image,
+            base_format=self.t.base_format,
+            serial=owner.id,
+        )
+
+    def boot(self, replica_id: str, role: str, domain_type: str, transient: bool = False) -> Replica:
+        """Define (or, transient, create) and start one VM; on failure nothing of it is left."""
+        name = domain_name(self.group, replica_id)
+        created = time.time()
+        owner = Owner(self.group, replica_id, created, role)
+        volume = f"{name}.qcow2"
+        overlay = self.store.volume_path(volume) if self.store is not None else None
+        with self._lock:
+            self._busy.add(name)
+        dom: libvirt.virDomain | None = None
+        made_volume = False
+        try:
+            self._check_sources()
+            user_net = self._network_for(role) == "user"
+            for attempt in range(PORT_ATTEMPTS):
+                port = None
+                if user_net:
+                    with self._lock:
+                        port = self._choose_port()
+                        self._ports[name] = port
+                xml = render_domain(self.spec(name, owner, domain_type, port, overlay))
+                c = self.conn.get()
+                try:
+                    if not transient:
+                        # Defined before its disk exists: from here on a crash leaves a shut-off domain
+                        # that carries our mark, which the next controller lists as failed and removes.
+                        dom = c.defineXML(xml)
+                    if self.store is not None and not made_volume:
+                        self.store.create(volume, self.t.base_image, self.t.base_format)
+                        made_volume = True
+                    if transient:
+                        # AUTODESTROY: if this process dies mid-probe, libvirtd destroys the guest.
+                        dom = c.createXML(xml, libvirt.VIR_DOMAIN_START_AUTODESTROY)
+                    else:
+                        assert dom is not None
+                        dom.create()
+                    break
+                except libvirt.libvirtError as exc:
+                    text = message(exc)
+                    if user_net and "forwarding" in text and attempt + 1 < PORT_ATTEMPTS:
+                        log.info("%s: port %s taken meanwhile; choosing another", name, port)
+                        self._undefine(dom)
+                        dom = None
+                        continue
+                    raise self.conn.translate(exc, "start") from None
+            uuid = dom.UUIDString() if dom is not None else ""
+            facts = parse_facts(xml)
+            with self._lock:
+                if uuid:
+                    self._facts[uuid] = facts
+                    self._doms[name] = (self.conn.generation, dom)
+        except ProviderError as exc:
+            self._discard(name, dom, volume if made_volume else None)
+            raise ProviderError(f"VM {name} did not start: {exc}") from None
+        finally:
+            with self._lock:
+                self._busy.discard(name)
+        address = f"127.0.0.1:{facts.host_port}" if facts.host_port is not None else None
+        detail = {"domain": name, "domain_type": domain_type}
+        if overlay:
+            detail["overlay"] = overlay
+        return Replica(replica_id, self.group, address, "running", created, detail)
+
+    def _undefine(self, dom: libvirt.virDomain | None) -> None:
+        if dom is None:
+            return
+        with contextlib.suppress(libvirt.libvirtError):
+            if dom.isActive():
+                dom.destroy()
+        with contextlib.suppress(libvirt.libvirtError):
+            if dom.isPersistent():
+                dom.undefine()
+
+    def _discard(self, name: str, dom: libvirt.virDomain | None, volume: str | None) -> None:
+        """Best-effort removal of a half-made VM (the error that got us here is what gets reported)."""
+        try:
+            self._undefine(dom)
+            if volume is not None and self.store is not None:
+                self.store.delete(volume)
+        except ProviderError as exc:
+            log.warning("%s: could not remove half-made VM: %s", name, exc)
+        with self._lock:
+            self._ports.pop(name, None)
+
+    # ------------------------------------------------------------------ remove
+    def remove(self, name: str, grace: float) -> None:
+        """Graceful shutdown (ACPI power button) for up to `grace` s, destroy, undefine, remove overlay."""
+        with self._lock:
+            self._busy.add(name)
+        try:
+            dom = self._lookup(name)
+            if dom is not None:
+                owner = self._owner_of(dom)
+                if owner is None or owner.group != self.group:
+                    raise ProviderError(f"domain {name} does not carry this group's mark; not touching it")
+                self._stop(dom, grace)
+                try:
+                    if dom.isPersistent():
+                        dom.undefine()
+                except libvirt.libvirtError as exc:
+                    if error_code(exc) != libvirt.VIR_ERR_NO_DOMAIN:
+                        raise self.conn.translate(exc, f"undefine {name}") from None
+                with contextlib.suppress(libvirt.libvirtError):
+                    self._facts.pop(dom.UUIDString(), None)
+                    self._addresses.pop(dom.UUIDString(), None)
+            if self.store is not None:
+                self.store.delete(f"{name}.qcow2")
+        finally:
+            with self._lock:
+                self._busy.discard(name)
+                self._ports.pop(name, None)
+                self._doms.pop(name, None)
+
+    def remove_many(self, names: list[str], grace: float) -> None:
+        """Remove several VMs in parallel (destroying one takes 1.5-2 s of QEMU teardown)."""
+        if not names:
+            return
+        with ThreadPoolExecutor(max_workers=min(8, len(names))) as ex:
+            futures = [ex.submit(self.remove, n, grace) for n in names]
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:
+            raise ProviderError(f"{len(errors)} VM(s) not removed: {errors[0]}")
+
+    def _lookup(self, name: str) -> libvirt.virDomain | None:
+        def lookup(c: libvirt.virConnect) -> libvirt.virDomain | None:
+            try:
+                return c.lookupByName(name)
+            except libvirt.libvirtError as exc:
+                if error_code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
+                    return None
+                raise
+
+        return self.conn.call(f"look up {name}", lookup)
+
+    def _owner_of(self, dom: libvirt.virDomain) -> Owner | None:
+        try:
+            return parse_owner(dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, OWNER_NS, 0))
+        except libvirt.libvirtError as exc:
+            if error_code(exc) in (libvirt.VIR_ERR_NO_DOMAIN_METADATA, libvirt.VIR_ERR_NO_DOMAIN):
+                return None
+            raise self.conn.translate(exc, "read domain metadata") from None
+
+    def _stop(self, dom: libvirt.virDomain, grace: float) -> None:
+        name = dom.name()
+        try:
+            state = dom.state()[0]
+        except libvirt.libvirtError as exc:
+            if error_code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
+                return
+            raise self.conn.translate(exc, f"read state of {name}") from None
+        if state == libvirt.VIR_DOMAIN_RUNNING and grace > 0:
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline:
+                try:
+                    if not dom.isActive():
+                        return
+                except libvirt.libvirtError:
+                    return
+                time.sleep(0.1)
+        for attempt in range(2):
+            try:
+                if not dom.isActive():
+                    return
+                dom.destroy()
+                return
+            except libvirt.libvirtError as exc:
+                if error_code(exc) in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID):
+                    return
+                # QEMU can take longer to exit than libvirt waits under load ("Device or resource busy").
+                if attempt == 1:
+                    raise self.conn.translate(exc, f"destroy {name}") from None
+                time.sleep(1.0)
+
+    def collect_garbage(self) -> None:
+        """Overlays whose domain no longer exists (a crash between undefine and removing the file)."""
+        if self.store is None:
+            return
+        names = {e.name for e in self.scan()}
+        with self._lock:
+            busy = set(self._busy)
+        for vol in self.store.names():
+            dom_name = vol.removesuffix(".qcow2")
+            ours = vol.endswith(".qcow2") and dom_name.startswith(self.prefix)
+            if ours and dom_name not in names and dom_name not in busy:
+                log.info("%s: removing orphaned overlay %s", self.group, vol)
+                self.store.delete(vol)
+
+    # ------------------------------------------------------------------ pool support
+    def promote(self, e: Entry) -> Replica:
+        """A warm-pool VM becomes a replica: re-mark it, then resume it."""
+        owner = Owner(self.group, e.owner.id, time.time(), "replica")
+        with self._lock:
+            self._busy.add(e.name)
+        try:
+            flags = libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG
+            e.dom.setMetadata(
+                libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+                owner.element(prefixed=False),
+                OWNER_PREFIX,
+                OWNER_NS,
+                flags,
+            )
+            e.dom.resume()
+        except libvirt.libvirtError as exc:
+            raise self.conn.translate(exc, f"resume warm VM {e.name}") from None
+        finally:
+            with self._lock:
+                self._busy.discard(e.name)
+        e = Entry(e.dom, e.name, owner, e.facts, libvirt.VIR_DOMAIN_RUNNING)
+        return self.replica_of(e)
+
+    def suspend(self, name: str) -> None:
+        dom = self._lookup(name)
+        if dom is None:
+            raise ProviderError(f"{name} vanished before it could be paused")
+        try:
+            dom.suspend()
+        except libvirt.libvirtError as exc:
+            raise self.conn.translate(exc, f"pause {name}") from None
+
+    def wait_serving(self, address: str, timeout: float, stop: threading.Event | None = None) -> bool:
+        """Poll GET `health_path` on `address` until it answers 2xx; False after `timeout` (or `stop`)."""
+        host, _, port = address.rpartition(":")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not (stop and stop.is_set()):
+            conn = http.client.HTTPConnection(host, int(port), timeout=0.5)
+            try:
+                conn.request("GET", self.health_path)
+                if 200 <= conn.getresponse().status < 300:
+                    return True
+            except (OSError, http.client.HTTPException):
+                pass
+            finally:
+                conn.close()
+            time.sleep(0.1)
+        return False
+
+    def address_of(self, replica_id: str) -> str | None:
+        """The VM's address on its libvirt network, if it has one yet."""
+        dom = self._lookup(domain_name(self.group, replica_id))
+        return self._network_address(dom) if dom is not None else None
+
+    def wait_for_address(self, replica_id: str, timeout: float) -> bool:
+        """Poll the libvirt network's leases (and ARP, agent) until the VM has an address."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.address_of(replica_id) is not None:
+                return True
+            time.sleep(0.5)
+        return False
+
+    def _start_background(self) -> None:
+        # Only the controller calls create/stats: `down` and one-off listings never boot pool VMs.
+        if self.pool is not None:
+            self.pool.start()
+
+    def record_event(self, kind: str, text: str, **data: Any) -> None:
+        """An event in the group's history (`tierscale events`), for what only the provider sees."""
+        path = self.state_dir / "events.db"
+        if not path.exists():
+            return
+        try:
+            if self._events is None:
+                from tierscale.eventstore import EventStore
+
+                self._events = EventStore(path)
+            self._events.record_event(self.group, kind, text, None, data or None)
+        except Exception as exc:  # the history is a convenience; never fail a VM operation over it
+            log.debug("cannot record event: %s", exc)
+
+
+def first_ipv4(ifaces: dict[str, Any]) -> str | None:
+    for iface in ifaces.values():
+        for a in (iface or {}).get("addrs") or []:
+            if a.get("type") == libvirt.VIR_IP_ADDR_TYPE_IPV4 and a.get("addr"):
+                return str(a["addr"])
+    return None
+
+
+def _exists(dom: libvirt.virDomain) -> bool:
+    try:
+        dom.info()
+        return True
+    except libvirt.libvirtError:
+        return False
+
+
+def make_libvirt_provider(group: Any, state_dir: Path) -> LibvirtProvider:
+    """The provider for a validated `tier: libvirt` group."""
+    return LibvirtProvider(
+        group.name,
+        state_dir,
+        group.template,
+        warm_pool=group.warm_pool.size,
+        health_path=group.health.path,
+        boot_timeout=max(10.0, group.health.startup_grace),
+    )

@@ -1,0 +1,349 @@
+"""End to end on the VM tier: real libvirtd, real QEMU guests (TCG here), real nginx, the real controller.
+
+The same scenarios as tests/test_e2e_process.py, sized for TCG on 2 cores: a guest boots in ~3-4 s and
+its one vCPU saturates at ~15 requests/s of 50 ms, so the load step is measured in requests per replica
+of cheap requests rather than in CPU.
+"""
+
+from __future__ import annotations
+
+# The shared fixtures are imported from test_libvirt_image; test parameters named like them are the point.
+# ruff: noqa: F811
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e_helpers import nginx_processes, wait_for
+from test_libvirt_image import (  # noqa: F401  (fixtures)
+    group_domains,
+    libvirtd,
+    overlay_files,
+    storage_pool_exists,
+    vm_group,
+    vm_group_config,
+    vm_image,
+    vm_template,
+    wait_gone,
+)
+from tierscale.config import load_config_text
+from tierscale.controller.background import BackgroundController
+from tierscale.controller.runner import down
+from tierscale.eventstore import EventStore
+from tierscale.loadgen import LoadRunner, run_load_sync
+from tierscale.providers import make_provider
+from tierscale.views import read_statuses
+
+pytestmark = pytest.mark.e2e
+
+
+def _down(cfg: Any, conn: Any, group: str) -> None:
+    down(cfg)
+    assert wait_gone(conn, group, 30) == []
+    assert not nginx_processes(Path(cfg.state_dir))
+
+
+def events(state_dir: Path, group: str, kind: str | None = None) -> list[Any]:
+    store = EventStore(state_dir / "events.db")
+    try:
+        return [e for e in store.events(group) if kind is None or e.kind == kind]
+    finally:
+        store.close()
+
+
+def test_scale_out_under_load_and_back_in_with_zero_failures(
+    tmp_path: Path, vm_group: str, vm_image: dict[str, Path], libvirtd: Any
+) -> None:
+    state = tmp_path / "state"
+    # Linked clones of the golden qcow2: the overlay path is exercised under load too.
+    cfg, _ = vm_group_config(state, vm_group, vm_template(vm_image, disk=True), min_=1, max_=3)
+    url = f"http://{cfg.groups[0].balancer.listen}/work?ms=10"
+    try:
+        with BackgroundController(cfg) as bg:
+            wait_for(lambda: bg.status(vm_group)["ready"] >= 1, 60, what="first VM ready")
+
+            def rate(t: float) -> float:  # 2 req/s, then 15 (3 VMs' worth at 5 per VM), then 1
+                return 2.0 if t < 3 else (15.0 if t < 40 else 1.0)
+
+            runner = LoadRunner(url, rate, 120).start()
+            try:
+                wait_for(lambda: bg.status(vm_group)["ready"] >= 3, 60, what="3 ready VMs under load")
+                time.sleep(4)  # the step lasts until t=40s: every VM ready now must get traffic
+                peak = {r["id"] for r in bg.status(vm_group)["replicas"] if r["state"] == "ready"}
+                assert len(peak) >= 3
+                assert len(overlay_files(vm_group)) == len(group_domains(libvirtd, vm_group))
+                wait_for(lambda: bg.status(vm_group)["desired"] == 1, 80, interval=0.5, what="back to min")
+                wait_for(lambda: len(bg.status(vm_group)["replicas"]) == 1, 40, what="drained VMs deleted")
+            finally:
+                runner.stop()
+            result = runner.result(timeout=30)
+        bad = [(round(t, 1), code) for t, code, _ in result.timeline if code != 200]
+        assert result.failed == 0, f"failed requests: {result.status} {result.errors} at {bad[:20]}"
+        assert peak <= set(result.instances), f"VMs that never got traffic: {peak - set(result.instances)}"
+        kinds = {e.kind for e in events(state, vm_group)}
+        assert {"scaled", "replica_drained", "replica_deleted"} <= kinds
+        # Scale-in removed the VMs and their overlays; one VM and one overlay are left.
+        assert len(group_domains(libvirtd, vm_group)) == 1 and len(overlay_files(vm_group)) == 1
+    finally:
+        _down(cfg, libvirtd, vm_group)
+    assert overlay_files(vm_group) == [] and not storage_pool_exists(libvirtd, vm_group)
+
+
+def test_vm_destroyed_behind_our_back_is_replaced_without_downtime(
+    tmp_path: Path, vm_group: str, vm_image: dict[str, Path], libvirtd: Any
+) -> None:
+    state = tmp_path / "state"
+    cfg, _ = vm_group_config(state, vm_group, vm_template(vm_image), min_=2, max_=2)
+    url = f"http://{cfg.groups[0].balancer.listen}/work?ms=2"
+    try:
+        with BackgroundController(cfg) as bg:
+            wait_for(lambda: bg.status(vm_group)["ready"] == 2, 60, what="two ready VMs")
+            victim = make_provider(cfg.groups[0], state).list()[0]
+            with LoadRunner(url, 10, 25) as runner:
+                time.sleep(1)
+                libvirtd.lookupByName(victim.detail["domain"]).destroy()  # not through tierscale
+                wait_for(
+                    lambda: (
+                        bg.status(vm_group)["ready"] == 2
+                        and victim.id not in {r["id"] for r in bg.status(vm_group)["replicas"]}
+                    ),
+                    60,
+                    what="replacement VM ready",
+                )
+            result = runner.result(timeout=30)
+            after = {r["id"] for r in bg.status(vm_group)["replicas"]}
+        assert victim.id not in after and len(after) == 2
+        bad = [(round(t, 1), code) for t, code, _ in result.timeline if code != 200]
+        assert result.failed == 0, f"{result.status} {result.errors} at {bad[:20]}"
+        # Whichever notices first: the listing (shut off → "exited") or the health checks.
+        noticed = [
+            e
+            for e in events(state, vm_group)
+            if e.replica == victim.id and e.kind in ("replica_replaced", "replica_unhealthy")
+        ]
+        assert noticed, [(e.kind, e.replica) for e in events(state, vm_group)]
+        assert noticed[0].kind == "replica_unhealthy" or noticed[0].data["reason"] == "exited"
+        assert victim.detail["domain"] not in group_domains(libvirtd, vm_group)  # undefined, not just off
+    finally:
+        _down(cfg, libvirtd, vm_group)
+
+
+def _run_cli(path: str, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tierscale", "run", path, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def test_controller_sigkill_then_restart_adopts_every_vm_and_down_leaves_nothing(
+    tmp_path: Path, vm_group: str, vm_image: dict[str, Path], libvirtd: Any
+) -> None:
+    state = tmp_path / "state"
+    cfg, path = vm_group_config(state, vm_group, vm_template(vm_image, disk=True), min_=2, max_=2)
+    provider = make_provider(cfg.groups[0], state)
+    url = f"http://{cfg.groups[0].balancer.listen}/work?ms=1"
+    first = _run_cli(path)
+    second = None
+    try:
+        wait_for(
+            lambda: any(st["ready"] == 2 for st in read_statuses(state)), 90, what="two VMs in the balancer"
+        )
+        before = {r.id for r in provider.list()}
+        domains = set(group_domains(libvirtd, vm_group))
+        assert len(before) == 2 and len(domains) == 2
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        # The VMs and the balancer outlive the controller: the service keeps answering meanwhile.
+        assert run_load_sync(url, 10, 1.5).failed == 0
+        second = _run_cli(path)
+        time.sleep(8)  # several sync periods: long enough for duplicates to appear if adoption failed
+        assert {r.id for r in provider.list()} == before
+        assert set(group_domains(libvirtd, vm_group)) == domains
+        assert len(nginx_processes(state)) == 1
+        res = run_load_sync(url, 20, 2)
+        assert res.failed == 0 and set(res.instances) == before
+        adopted = {e.replica for e in events(state, vm_group, "replica_adopted")}
+        assert adopted == before
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(60) == 0
+        second = None
+        assert set(group_domains(libvirtd, vm_group)) == domains  # stopping the controller keeps the VMs
+
+        # `down` removes every domain, every overlay and the storage pool, and stops the balancer.
+        out = subprocess.run(
+            [sys.executable, "-m", "tierscale", "down", path], capture_output=True, text=True, timeout=120
+        )
+        assert out.returncode == 0, out.stderr
+        assert "deleted 2 replica(s)" in out.stdout
+        assert group_domains(libvirtd, vm_group) == []
+        assert overlay_files(vm_group) == [] and not storage_pool_exists(libvirtd, vm_group)
+        assert nginx_processes(state) == []
+    finally:
+        for p in (first, second):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                p.wait(60)
+        _down(cfg, libvirtd, vm_group)
+
+
+def test_missing_base_image_is_reported_and_retried_with_backoff(
+    tmp_path: Path, vm_group: str, vm_image: dict[str, Path], libvirtd: Any
+) -> None:
+    state = tmp_path / "state"
+    template = vm_template(vm_image, disk=True).replace(str(vm_image["base"]), str(tmp_path / "gone.qcow2"))
+    cfg, _ = vm_group_config(state, vm_group, template, min_=1, max_=1)
+    try:
+        with BackgroundController(cfg) as bg:
+            wait_for(
+                lambda: len(events(state, vm_group, "create_failed")) >= 3, 30, what="three failed creates"
+            )
+            assert bg.status(vm_group)["ready"] == 0
+        failed = events(state, vm_group, "create_failed")
+        assert all("template.base_image" in e.message and "gone.qcow2" in e.message for e in failed)
+        delays = [int(m.group(1)) for e in failed if (m := re.search(r"retry in (\d+)s", e.message))]
+        assert delays[:3] == sorted(delays[:3]) and delays[2] > delays[0], delays  # backing off, not looping
+        assert group_domains(libvirtd, vm_group) == [] and overlay_files(vm_group) == []
+    finally:
+        _down(cfg, libvirtd, vm_group)
+
+
+def test_guest_never_healthy_within_startup_grace_is_removed_and_replaced(
+    tmp_path: Path, vm_group: str, vm_image: dict[str, Path], libvirtd: Any
+) -> None:
+    state = tmp_path / "state"
+    cfg, path = vm_group_config(
+        state, vm_group, vm_template(vm_image, disk=True), min_=1, max_=1, startup_grace="6s"
+    )
+    # The guest boots fine but its health path never answers 200: it must not stay, nor pile up.
+    text = Path(path).read_text().replace("path: /healthz", "path: /no-such-page")
+    Path(path).write_text(text)
+    cfg = load_config_text(text, path)
+    try:
+        with BackgroundController(cfg):
+            unhealthy = wait_for(
+                lambda: events(state, vm_group, "replica_unhealthy"), 60, what="a replica declared unhealthy"
+            )
+            first = unhealthy[0].replica
+            wait_for(
+                lambda: any(e.replica == first for e in events(state, vm_group, "replica_deleted")),
+                30,
+                what="the unhealthy VM deleted",
+            )
+            assert f"tierscale-{vm_group}-{first}" not in group_domains(libvirtd, vm_group)
+            assert not any(first in f for f in overlay_files(vm_group))
+            # Replaced, and never more VMs than the group's max plus the one being replaced.
+            wait_for(
+                lambda: any(e.replica != first for e in events(state, vm_group, "replica_created")),
+                30,
+                what="a replacement",
+            )
+            assert len(group_domains(libvirtd, vm_group)) <= 2
+        assert "HTTP 404" in unhealthy[0].message, unhealthy[0].message
+    finally:
+        _down(cfg, libvirtd, vm_group)
+
+
+def _libvirtd_pid() -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        pid = int(Path("/run/libvirtd.pid").read_text().strip())
+        os.kill(pid, 0)
+        return pid
+    return None
+
+
+def _start_libvirtd(conn_ok: Any) -> None:
+    if _libvirtd_pid() is None:
+        subprocess.run(["libvirtd", "-d"], check=True, timeout=30)
+    wait_for(conn_ok, 30, what="libvirtd accepting connections")
+
+
+def test_libvirtd_restart_mid_run_the_loop_survives_and_reconnects(
+    tmp_path: Path, vm_group: str, vm_image: dict[str, Path], libvirtd: Any
+) -> None:
+    import libvirt
+
+    def reachable() -> bool:
+        try:
+            libvirt.open("qemu:///system").close()
+            return True
+        except libvirt.libvirtError:
+            return False
+
+    require_root = os.geteuid() == 0 and _libvirtd_pid() is not None
+    if not require_root:
+        pytest.skip("restarting libvirtd needs root and a libvirtd started by scripts/setup/libvirt.sh")
+    state = tmp_path / "state"
+    cfg, _ = vm_group_config(state, vm_group, vm_template(vm_image), min_=2, max_=2)
+    url = f"http://{cfg.groups[0].balancer.listen}/work?ms=2"
+    try:
+        with BackgroundController(cfg) as bg:
+            wait_for(lambda: bg.status(vm_group)["ready"] == 2, 60, what="two ready VMs")
+            before = {r["id"] for r in bg.status(vm_group)["replicas"]}
+            with LoadRunner(url, 10, 20) as runner:
+                pid = _libvirtd_pid()
+                assert pid is not None
+                os.kill(pid, signal.SIGTERM)  # the daemon this machine's setup started (pid file)
+                wait_for(lambda: _libvirtd_pid() is None, 30, what="libvirtd stopped")
+                wait_for(lambda: not bg.status(vm_group)["provider_ok"], 30, what="the loop noticing")
+                time.sleep(2)  # a few passes without libvirt
+                _start_libvirtd(reachable)
+                wait_for(lambda: bg.status(vm_group)["provider_ok"], 30, what="the loop reconnecting")
+            result = runner.result(timeout=30)
+            time.sleep(3)
+            after = {r["id"] for r in bg.status(vm_group)["replicas"]}
+            assert after == before and bg.status(vm_group)["ready"] == 2
+        # The VMs never stopped serving: QEMU does not depend on the daemon that started it.
+        assert result.failed == 0, f"{result.status} {result.errors}"
+        errors = [e.message for e in events(state, vm_group, "provider_error")]
+        assert any("cannot list replicas" in m for m in errors), errors
+        assert any("reachable again" in m for m in errors), errors
+        assert not events(state, vm_group, "replica_replaced")
+    finally:
+        _start_libvirtd(reachable)
+        _down(cfg, libvirtd, vm_group)
+
+
+def test_scale_out_takes_the_warm_pool_vm_and_the_pool_goes_with_the_controller(
+    tmp_path: Path, vm_group: str, vm_image: dict[str, Path], libvirtd: Any
+) -> None:
+    import libvirt
+
+    state = tmp_path / "state"
+    cfg, _ = vm_group_config(
+        state, vm_group, vm_template(vm_image), min_=1, max_=2, extra="    warm_pool: {size: 1}"
+    )
+
+    def paused() -> list[str]:
+        return [
+            name
+            for name in group_domains(libvirtd, vm_group)
+            if libvirtd.lookupByName(name).state()
+            == [libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_USER]
+        ]
+
+    try:
+        with BackgroundController(cfg) as bg:
+            wait_for(lambda: bg.status(vm_group)["ready"] == 1, 60, what="first VM ready")
+            member = wait_for(paused, 60, interval=0.5, what="a paused VM in the warm pool")[0]
+            assert len(bg.status(vm_group)["replicas"]) == 1  # the pool VM is not a replica
+            gc = bg.controller.groups[vm_group]  # type: ignore[union-attr]
+            bg.call(gc.set_manual, 2)
+            wait_for(lambda: bg.status(vm_group)["ready"] == 2, 30, what="two ready VMs")
+            ids = {r["id"] for r in bg.status(vm_group)["replicas"]}
+            assert member.removeprefix(f"tierscale-{vm_group}-") in ids  # resumed, not booted
+            res = run_load_sync(f"http://{cfg.groups[0].balancer.listen}/work?ms=1", 20, 2)
+            assert res.failed == 0 and set(res.instances) == ids
+            wait_for(lambda: paused(), 60, interval=0.5, what="the pool refilled")
+        # The controller stopped: its paused pool VM is gone, the two replicas keep running.
+        left = group_domains(libvirtd, vm_group)
+        assert sorted(left) == sorted(f"tierscale-{vm_group}-{i}" for i in ids)
+    finally:
+        _down(cfg, libvirtd, vm_group)
