@@ -46,6 +46,7 @@ def process_group_config(
     listen = listen_port or free_port()
     text = f"""\
 state_dir: {state_dir}
+api: {{listen: "127.0.0.1:{free_port()}"}}
 groups:
   - name: {name}
     tier: process
