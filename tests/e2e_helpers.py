@@ -44,10 +44,11 @@ def process_group_config(
 ) -> tuple[Any, str]:
     lo, hi = port_block()
     listen = listen_port or free_port()
+    # Each test gets its own API port unless it configures the API itself.
+    api_line = "" if "api:" in extra else f'api: {{listen: "127.0.0.1:{free_port()}"}}\n'
     text = f"""\
 state_dir: {state_dir}
-api: {{listen: "127.0.0.1:{free_port()}"}}
-groups:
+{api_line}groups:
   - name: {name}
     tier: process
     min: {min_}
