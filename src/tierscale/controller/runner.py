@@ -237,10 +237,11 @@ def down(config: Any) -> list[str]:
             with group_lock(state_dir, g.name):
                 provider: Provider = make_provider(g, state_dir)
                 balancer = make_balancer(g, state_dir)
-                # List first: an unreachable tier fails `down` before the balancer is gone.
-                replicas = provider.list()
+                # The balancer is ours and local: it goes even when the tier cannot be reached, so a
+                # second `down` after the tier returns has only replicas left to remove.
                 if balancer is not None:
                     balancer.stop()
+                replicas = provider.list()
                 with ThreadPoolExecutor(max_workers=max(1, min(16, len(replicas)))) as pool:
                     list(pool.map(lambda r, p=provider: p.delete(r, 5.0), replicas))
                 left = provider.list()
