@@ -601,7 +601,9 @@ _PROXY_LOCATION = """
             proxy_set_header X-Request-Id $request_id;
             # A replica that is gone or refusing is skipped fast; nginx retries only idempotent requests
             # (no non_idempotent flag), at most twice more, and never past 10 s in total.
-            proxy_connect_timeout 1s;
+            # 3 s, not 1 s: QEMU user networking has a listen backlog of 1, and a dropped SYN is
+            # retransmitted after exactly 1 s; a refused connection (dead replica) fails at once anyway.
+            proxy_connect_timeout 3s;
             proxy_next_upstream error timeout http_502 http_503;
             proxy_next_upstream_tries 3;
             proxy_next_upstream_timeout 10s;
