@@ -176,10 +176,14 @@ def run_mode(pool: int, repeat: int, domain_type: str, disk: bool) -> dict[str, 
         "scaled_event_to_serving_median_s": round(statistics.median(from_decision), 2)
         if from_decision
         else None,
-        "running_vm_rss_mib": statistics.median([m["rss_mib"] for m in running]) if running else None,
-        "running_vm_uss_mib": statistics.median([m["uss_mib"] for m in running]) if running else None,
-        "paused_vm_rss_mib": statistics.median([m["rss_mib"] for m in paused]) if paused else None,
-        "paused_vm_uss_mib": statistics.median([m["uss_mib"] for m in paused]) if paused else None,
+        "running_vm_rss_mib": round(statistics.median([m["rss_mib"] for m in running]), 1)
+        if running
+        else None,
+        "running_vm_uss_mib": round(statistics.median([m["uss_mib"] for m in running]), 1)
+        if running
+        else None,
+        "paused_vm_rss_mib": round(statistics.median([m["rss_mib"] for m in paused]), 1) if paused else None,
+        "paused_vm_uss_mib": round(statistics.median([m["uss_mib"] for m in paused]), 1) if paused else None,
     }
 
 

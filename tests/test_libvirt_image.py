@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,8 +42,12 @@ def _connect() -> Any:
         return None
 
 
+def _searchable_by_others(path: Path) -> bool:
+    return all(p.stat().st_mode & 0o001 for p in [path, *path.parents])
+
+
 @pytest.fixture(scope="session")
-def vm_image() -> dict[str, Path]:
+def vm_image() -> Iterator[dict[str, Path]]:
     """The kernel, initramfs and golden qcow2 (built here if `make vm-image` has not run)."""
     wanted = {"kernel": "vmlinux", "initrd": "initrd.img", "base": "base.qcow2"}
     steps = [
@@ -53,7 +59,17 @@ def vm_image() -> dict[str, Path]:
         require(done.returncode == 0, f"the VM image ({' '.join(argv[-1:])}: {done.stderr.strip()[-300:]})")
     paths = {k: IMAGE_DIR / v for k, v in wanted.items()}
     require(all(p.is_file() for p in paths.values()), f"VM image files in {IMAGE_DIR}")
-    return paths
+    copy_dir = None
+    if not _searchable_by_others(IMAGE_DIR):
+        # QEMU runs as libvirt-qemu: a checkout under a private directory (a 0700 temp dir, /root) is out
+        # of its reach. Give the tests a copy where it can read it.
+        copy_dir = Path(tempfile.mkdtemp(prefix="tierscale-test-image-", dir="/var/lib/libvirt/images"))
+        copy_dir.chmod(0o755)
+        for key, path in list(paths.items()):
+            paths[key] = Path(shutil.copy2(path, copy_dir / path.name))
+    yield paths
+    if copy_dir is not None:
+        shutil.rmtree(copy_dir, ignore_errors=True)
 
 
 class Reconnecting:
@@ -269,10 +285,10 @@ def test_kernel_is_uncompressed_elf_and_base_is_qcow2(vm_image: dict[str, Path])
 
 
 def test_rebuild_is_skipped_when_nothing_changed(vm_image: dict[str, Path]) -> None:
-    before = vm_image["initrd"].stat().st_mtime_ns
+    before = (IMAGE_DIR / "initrd.img").stat().st_mtime_ns
     out = subprocess.run(
         [sys.executable, str(REPO / "images/vm/build.py")], capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0, out.stderr
     assert "up to date" in out.stdout
-    assert vm_image["initrd"].stat().st_mtime_ns == before
+    assert (IMAGE_DIR / "initrd.img").stat().st_mtime_ns == before

@@ -53,7 +53,12 @@ def test_create_list_stats_delete(
     p = provider_for(tmp_path, vm_group, vm_template(vm_image))
     r = p.create("r-0000aaaa")
     assert r.id == "r-0000aaaa" and r.address and r.address.startswith("127.0.0.1:")
+    dom = libvirtd.lookupByName(r.detail["domain"])
+    # Booting, it yields the CPU to VMs that already serve; once it answers, it gets the default weight.
+    assert dom.schedulerParameters()["cpu_shares"] == 256
     assert p.wait_serving(r.address, 40), "guest never answered /healthz"
+    wait_for(lambda: dom.schedulerParameters()["cpu_shares"] == 1024, 10, what="the serving CPU weight")
+    assert "<shares>1024</shares>" in dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
     # The guest knows which replica it is (kernel command line and SMBIOS serial).
     assert get_json(r.address, "/work?ms=1")["instance"] == "r-0000aaaa"
 

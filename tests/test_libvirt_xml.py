@@ -92,6 +92,10 @@ def test_identity_kernel_and_tcg_settings() -> None:
     assert root.find("./devices/memballoon").get("model") == "none"
     assert root.findtext("on_reboot") == "destroy"
     assert root.findtext("memory") == str(256 * 1024)
+    assert root.find("cputune") is None
+    booting = render_domain(spec(cpu_shares=64))
+    assert ET.fromstring(booting).findtext("./cputune/shares") == "64"
+    assert parse_facts(booting).cpu_shares == 64 and parse_facts(booting).domain_type == "qemu"
     kvm = ET.fromstring(render_domain(spec(domain_type="kvm")))
     assert kvm.get("type") == "kvm" and kvm.find("./features/tcg") is None
     assert kvm.find("cpu").get("mode") == "host-passthrough"

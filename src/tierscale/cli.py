@@ -340,6 +340,8 @@ def simulate(
         fail(str(exc), 2)
     except ImportError as exc:
         fail(f"plots need matplotlib ({exc}): pip install 'tierscale[sim]', or pass --no-plots", 1)
+    except OSError as exc:  # e.g. the disk filled up while writing the report
+        fail(f"--out {out}: cannot write: {exc.strerror or exc}", 1)
     click.echo("\n".join(info_lines(report.info)) + "\n\n" + report.table)
     click.echo("wrote " + ", ".join(str(f) for f in report.files))
 

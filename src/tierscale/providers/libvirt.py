@@ -25,6 +25,7 @@ domain joins that libvirt network and its address comes from DHCP leases, ARP or
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http.client
 import logging
 import os
@@ -61,6 +62,12 @@ log = logging.getLogger("tierscale.libvirt")
 SYSTEM_OVERLAY_DIR = "/var/lib/libvirt/images/tierscale"
 SESSION_OVERLAY_DIR = "~/.local/share/libvirt/images/tierscale"
 MIN_SAMPLE_INTERVAL = 0.5  # s: a CPU delta over less than this is mostly noise
+# A booting VM's CPU weight against the host's other VMs (cgroup cpu.shares; 1024 is the default): under
+# TCG a boot burns ~1.5 core-seconds, and a VM that already serves must not be starved meanwhile, or its
+# QEMU accepts connections late (its forwarded port has a listen backlog of 1) and requests time out.
+# The weight goes back to the default as soon as the guest answers its health path.
+BOOT_SHARES = 256
+SERVING_SHARES = 1024
 PORT_ATTEMPTS = 3  # a forwarded port taken between choosing it and QEMU binding it: choose again
 
 
@@ -134,6 +141,8 @@ class LibvirtProvider:
         self._domain_type: str | None = None if template.domain_type == "auto" else template.domain_type
         self._type_lock = threading.Lock()
         self._events: Any = None
+        self._watching: set[str] = set()  # booting VMs whose CPU weight goes up once they serve
+        self._closing = threading.Event()
         self.pool: Any = None
         if warm_pool > 0:
             from tierscale.providers.libvirt_pool import WarmPool
@@ -142,16 +151,26 @@ class LibvirtProvider:
 
     # ------------------------------------------------------------------ scanning
     def scan(self) -> list[Entry]:
-        """Every domain of this group, any role, with its state: one stats call plus one metadata read
-        per domain named like ours."""
+        """Every domain of this group, any role, with its state: one listing, one stats call for the
+        domains named like ours, one metadata read each. Other domains are not looked at further."""
+
+        def states(c: libvirt.virConnect) -> list[tuple[libvirt.virDomain, dict[str, Any]]]:
+            for attempt in range(3):
+                named = [d for d in c.listAllDomains(0) if d.name().startswith(self.prefix)]
+                if not named:
+                    return []
+                try:
+                    return c.domainListGetStats(named, libvirt.VIR_DOMAIN_STATS_STATE, 0)
+                except libvirt.libvirtError as exc:
+                    # One was undefined between the two calls: list again.
+                    if error_code(exc) != libvirt.VIR_ERR_NO_DOMAIN or attempt == 2:
+                        raise
+            return []
 
         def scan(c: libvirt.virConnect) -> list[Entry]:
             out: list[Entry] = []
-            records = c.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE, 0)
-            for dom, rec in records:
+            for dom, rec in states(c):
                 name = dom.name()
-                if not name.startswith(self.prefix):
-                    continue
                 try:
                     owner = parse_owner(dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, OWNER_NS, 0))
                 except libvirt.libvirtError as exc:
@@ -178,6 +197,15 @@ class LibvirtProvider:
         gen = self.conn.generation
         with self._lock:
             self._doms = {e.name: (gen, e.dom) for e in entries}
+        for e in entries:
+            # Adopted mid-boot (the previous controller died before the guest served): watch it too.
+            if (
+                e.owner.role == "replica"
+                and e.facts.cpu_shares == BOOT_SHARES
+                and e.facts.host_port is not None
+                and e.state == libvirt.VIR_DOMAIN_RUNNING
+            ):
+                self._watch_boot(e.name, f"127.0.0.1:{e.facts.host_port}")
         return entries
 
     def _state(self, e: Entry) -> ReplicaState:
@@ -220,7 +248,7 @@ class LibvirtProvider:
         return None
 
     def replica_of(self, e: Entry) -> Replica:
-        detail = {"domain": e.name, "domain_type": self._domain_type or self.t.domain_type}
+        detail = {"domain": e.name, "domain_type": e.facts.domain_type}
         if e.facts.overlay:
             detail["overlay"] = e.facts.overlay
         return Replica(
@@ -242,7 +270,10 @@ class LibvirtProvider:
             taken = self.pool.take()
             if taken is not None:
                 return taken
-        return self.boot(replica_id, "replica", self.domain_type())
+        replica = self.boot(replica_id, "replica", self.domain_type())
+        if replica.address is not None:
+            self._watch_boot(replica.detail["domain"], replica.address)
+        return replica
 
     def delete(self, replica: Replica, grace: float = 5.0) -> None:
         self.remove(domain_name(self.group, replica.id), grace)
@@ -306,6 +337,7 @@ class LibvirtProvider:
     def close(self) -> None:
         """Stop the warm pool and remove its paused VMs (they serve nobody without a controller), remove
         overlays nothing uses, and the storage pool if it is empty. Replicas keep running."""
+        self._closing.set()
         try:
             if self.pool is not None:
                 self.pool.stop()
@@ -395,6 +427,8 @@ class LibvirtProvider:
             base_image=self.t.base_image,
             base_format=self.t.base_format,
             serial=owner.id,
+            # Only where tierscale can tell when the guest serves (a forwarded port); not for probes.
+            cpu_shares=BOOT_SHARES if port is not None and owner.role != "probe" else None,
         )
 
     def boot(self, replica_id: str, role: str, domain_type: str, transient: bool = False) -> Replica:
@@ -450,7 +484,13 @@ class LibvirtProvider:
                     self._doms[name] = (self.conn.generation, dom)
         except ProviderError as exc:
             self._discard(name, dom, volume if made_volume else None)
-            raise ProviderError(f"VM {name} did not start: {exc}") from None
+            hint = ""
+            if "Permission denied" in str(exc):
+                hint = (
+                    " (QEMU runs as its own user, libvirt-qemu on Debian: every directory above the image"
+                    " and kernel files must be searchable by it)"
+                )
+            raise ProviderError(f"VM {name} did not start: {exc}{hint}") from None
         finally:
             with self._lock:
                 self._busy.discard(name)
@@ -649,6 +689,46 @@ class LibvirtProvider:
                 return True
             time.sleep(0.5)
         return False
+
+    def _watch_boot(self, name: str, address: str) -> None:
+        """In the background: once the guest answers, give it the default CPU weight."""
+        with self._lock:
+            if name in self._watching or self._closing.is_set():
+                return
+            self._watching.add(name)
+
+        def watch() -> None:
+            try:
+                if self.wait_serving(address, self.boot_timeout, self._closing):
+                    self.raise_priority(name)
+            except ProviderError as exc:
+                log.debug("%s: %s", name, exc)
+            finally:
+                with self._lock:
+                    self._watching.discard(name)
+
+        threading.Thread(target=watch, name=f"boot-{name}", daemon=True).start()
+
+    def raise_priority(self, name: str) -> None:
+        """The booting VM serves now: back to the default CPU weight (live and in its definition)."""
+        dom = self._lookup(name)
+        if dom is None:
+            return
+        params = {"cpu_shares": SERVING_SHARES}
+        try:
+            if dom.isActive():
+                dom.setSchedulerParametersFlags(params, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            if dom.isPersistent():
+                dom.setSchedulerParametersFlags(params, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+            uuid = dom.UUIDString()
+        except libvirt.libvirtError as exc:
+            if error_code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
+                return
+            raise self.conn.translate(exc, f"set the CPU weight of {name}") from None
+        with self._lock:
+            facts = self._facts.get(uuid)
+            if facts is not None:
+                self._facts[uuid] = dataclasses.replace(facts, cpu_shares=SERVING_SHARES)
 
     def _start_background(self) -> None:
         # Only the controller calls create/stats: `down` and one-off listings never boot pool VMs.

@@ -143,6 +143,7 @@ class WarmPool:
                 raise ProviderError(
                     f"warm VM {name} did not answer {self.p.health_path} within {self.p.boot_timeout:.0f}s"
                 )
+            self.p.raise_priority(name)  # when resumed it serves at once, with the default weight
             self.p.suspend(name)
             log.info("%s: warm VM %s ready (booted in %.1fs)", self.p.group, name, time.monotonic() - started)
         except ProviderError:

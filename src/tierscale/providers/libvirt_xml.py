@@ -95,6 +95,8 @@ class DomainFacts:
     guest_port: int | None
     overlay: str | None  # the disk file tierscale created for it
     network: str | None  # the libvirt network it is attached to (network: <name>)
+    domain_type: str = "qemu"  # kvm | qemu
+    cpu_shares: int | None = None  # <cputune><shares>: the boot-time weight until the guest serves
 
 
 def parse_facts(xml: str) -> DomainFacts:
@@ -116,7 +118,9 @@ def parse_facts(xml: str) -> DomainFacts:
     iface = root.find("./devices/interface[@type='network']/source")
     if iface is not None:
         network = iface.get("network")
-    return DomainFacts(vcpus, host_port, guest_port, overlay, network)
+    shares_text = root.findtext("./cputune/shares") or ""
+    shares = int(shares_text) if shares_text.isdigit() else None
+    return DomainFacts(vcpus, host_port, guest_port, overlay, network, root.get("type") or "qemu", shares)
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,7 @@ class DomainSpec:
     base_image: str | None = None
     base_format: str = "qcow2"
     serial: str = ""  # SMBIOS system serial: the replica id, for guests that read it from there
+    cpu_shares: int | None = None  # CPU weight against the host's other VMs (None: libvirt's default)
     extra_devices: list[str] = field(default_factory=list)
 
 
@@ -198,6 +203,7 @@ def render_domain(spec: DomainSpec) -> str:
             "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>"
         )
     devices.extend(spec.extra_devices)
+    cputune = f"<cputune><shares>{spec.cpu_shares}</shares></cputune>" if spec.cpu_shares else ""
     qemu_cmd = ""
     if qemu_args:
         qemu_cmd = (
@@ -210,7 +216,7 @@ def render_domain(spec: DomainSpec) -> str:
         f"<name>{escape(spec.name)}</name>"
         f"<metadata>{spec.owner.element()}</metadata>"
         f"<memory unit='KiB'>{kib}</memory><currentMemory unit='KiB'>{kib}</currentMemory>"
-        f"<vcpu placement='static'>{spec.vcpus}</vcpu>"
+        f"<vcpu placement='static'>{spec.vcpus}</vcpu>{cputune}"
         "<sysinfo type='smbios'><system>"
         "<entry name='manufacturer'>tierscale</entry><entry name='product'>tierscale replica</entry>"
         f"<entry name='serial'>{escape(spec.serial)}</entry>"
