@@ -38,8 +38,9 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "sim"
 DEFAULT_TRACES = REPO.parent / "shared" / "traces"
 WC48 = "worldcup98_1998-06-26_1s.csv"
-COLS = ("theta_u", "theta_o", "tau_u", "tau_o", "instability", "jitter", "overflow", "replica_hours")
-HEAD = "| θU % | θO % | τU % | τO % | υ % | jitter/h | overflow % | replica-h |"
+COLS = ("theta_u", "theta_o", "tau_u", "tau_o", "instability", "jitter", "overflow")
+COLS += ("replica_hours", "scale_events")
+HEAD = "| θU % | θO % | τU % | τO % | υ % | jitter/h | overflow % | replica-h | scalings |"
 
 
 def fmt(key: str, v: float) -> str:
@@ -49,6 +50,8 @@ def fmt(key: str, v: float) -> str:
         return f"{v:.4f}"
     if key == "replica_hours":
         return f"{v:.1f}"
+    if key == "scale_events":
+        return f"{v:.0f}"
     return f"{v:.2f}"
 
 

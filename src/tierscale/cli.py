@@ -273,24 +273,59 @@ def load(url: str, rps: float, duration: str, path: str | None, timeout: float, 
 
 
 @main.command()
-@click.option("--trace", help="CSV with t_seconds,requests_per_second (each rate held until the next row).")
-@click.option("--config", "config", help="The tierscale config to replay (with --compare: the baseline).")
-@click.option("--group", "-g", help="The group to simulate when a file has several.")
-@click.option("--out", help="Directory for summary.json, table.txt, timeline.png and report.html.")
-@click.option("--speed", default="1", show_default=True, help="Compress time: each bin lasts bin/SPEED s.")
-@click.option("--window", help="START:END of the trace to replay, in trace time, e.g. 14h:22h.")
-@click.option("--compare", multiple=True, help="More configs on the same trace: --compare a.yaml b.yaml")
+@click.option(
+    "--trace",
+    metavar="CSV",
+    help="CSV with t_seconds,requests_per_second (each rate held until the next row).",
+)
+@click.option(
+    "--config",
+    "config",
+    metavar="FILE",
+    help="The tierscale config to replay (with --compare: the baseline).",
+)
+@click.option("--group", "-g", metavar="G", help="The group to simulate when a file has several.")
+@click.option(
+    "--out", metavar="DIR", help="Directory for summary.json, table.txt, timeline.png and report.html."
+)
+@click.option(
+    "--speed", default="1", metavar="X", show_default=True, help="Compress time: each bin lasts bin/SPEED s."
+)
+@click.option(
+    "--window", metavar="START:END", help="START:END of the trace to replay, in trace time, e.g. 14h:22h."
+)
+@click.option(
+    "--compare",
+    multiple=True,
+    metavar="FILE...",
+    help="More configs on the same trace: --compare a.yaml b.yaml",
+)
 @click.option(
     "--delay",
+    metavar="SPEC",
     help="Provisioning delay: 3s, container|vm|cloud (1s/3s/60s), 2s..5s (uniform), lognormal:60s:0.3. "
     "Default: the config's tier.",
 )
-@click.option("--capacity", default="auto", show_default=True, help="req/s one replica serves at 100% CPU.")
-@click.option("--utilization", default="70", show_default=True, help="Demand is counted at this CPU %.")
-@click.option("--seed", default="0", show_default=True, help="Seed for random provisioning delays.")
-@click.option("--start", help="Wall-clock time of trace t=0, for schedules (ISO 8601; default 1970-01-01Z).")
+@click.option(
+    "--capacity",
+    default="auto",
+    metavar="RPS",
+    show_default=True,
+    help="req/s one replica serves at 100% CPU.",
+)
+@click.option(
+    "--utilization", default="70", metavar="PCT", show_default=True, help="Demand is counted at this CPU %."
+)
+@click.option(
+    "--seed", default="0", metavar="N", show_default=True, help="Seed for random provisioning delays."
+)
+@click.option(
+    "--start",
+    metavar="ISO",
+    help="Wall-clock time of trace t=0, for schedules (ISO 8601; default 1970-01-01Z).",
+)
 @click.option("--no-plots", is_flag=True, help="Skip the PNG and the plot in the HTML page.")
-@click.argument("more", nargs=-1)
+@click.argument("more", nargs=-1, metavar="[FILE...]")
 def simulate(
     trace: str | None,
     config: str | None,
