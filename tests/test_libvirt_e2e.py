@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from conftest import require
 from e2e_helpers import nginx_processes, wait_for
 from test_libvirt_image import (  # noqa: F401  (fixtures)
     group_domains,
@@ -288,8 +289,7 @@ def test_libvirtd_restart_mid_run_the_loop_survives_and_reconnects(
             return False
 
     require_root = os.geteuid() == 0 and _libvirtd_pid() is not None
-    if not require_root:
-        pytest.skip("restarting libvirtd needs root and a libvirtd started by scripts/setup/libvirt.sh")
+    require(require_root, "root and a libvirtd started by scripts/setup/libvirt.sh (to restart it)")
     state = tmp_path / "state"
     cfg, _ = vm_group_config(state, vm_group, vm_template(vm_image), min_=2, max_=2)
     url = f"http://{cfg.groups[0].balancer.listen}/work?ms=2"
