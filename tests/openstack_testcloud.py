@@ -32,7 +32,8 @@ from conftest import IN_CI, require
 from tierscale.providers.openstack_cloud import open_cloud
 from tierscale.providers.openstack_servers import GROUP_KEY
 
-LITE_SCRIPT = Path(os.environ.get("OPENSTACK_LITE", "/work/shared/tools/openstack-lite/openstack-lite.sh"))
+_SHARED_LITE = Path(__file__).resolve().parents[2] / "shared" / "tools" / "openstack-lite"
+LITE_SCRIPT = Path(os.environ.get("OPENSTACK_LITE", str(_SHARED_LITE / "openstack-lite.sh")))
 LITE_BASE = Path(os.environ.get("OPENSTACK_LITE_BASE", "/var/tmp/openstack-lite"))
 FAKE_DRIVER = "fake.FakeDriverWithoutFakeNodes"
 LIBVIRT_DRIVER = "libvirt.LibvirtDriver"

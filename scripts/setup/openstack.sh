@@ -10,11 +10,12 @@
 # busybox guest image), later by restarting only nova-compute. (Starting with libvirt instead fails on a
 # host whose libvirtd already runs other domains: a new nova-compute refuses to start next to them.)
 #
-#   OPENSTACK_LITE         the lite script (default /work/shared/tools/openstack-lite/openstack-lite.sh)
+#   OPENSTACK_LITE         the lite script (default ../shared/tools/openstack-lite/openstack-lite.sh beside the repo)
 #   OPENSTACK_LITE_BASE    its state directory, the script's BASE (default /var/tmp/openstack-lite)
 set -euo pipefail
 
-lite="${OPENSTACK_LITE:-/work/shared/tools/openstack-lite/openstack-lite.sh}"
+repo="$(cd "$(dirname "$0")/../.." && pwd)"
+lite="${OPENSTACK_LITE:-$repo/../shared/tools/openstack-lite/openstack-lite.sh}"
 export BASE="${OPENSTACK_LITE_BASE:-/var/tmp/openstack-lite}"
 if [ ! -f "$lite" ]; then
     echo "setup/openstack: $lite not found (set OPENSTACK_LITE to openstack-lite.sh)" >&2
