@@ -8,6 +8,7 @@ nobody else's business.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from tierscale.policy.types import Decision
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
@@ -65,6 +68,7 @@ EVENT_KINDS = (
     "provider_error",
     "balancer_reloaded",
     "balancer_failed",
+    "balancer_restarted",
     "scaled",
     "controller_started",
     "controller_stopped",
@@ -105,6 +109,8 @@ class EventStore:
             fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
             os.close(fd)
         self._lock = threading.Lock()
+        self.dropped_writes = 0
+        self._last_drop_warning = -1e9
         self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=10)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -116,8 +122,17 @@ class EventStore:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, self._db:
-            yield self._db
+        """A write. When it cannot be stored (disk full, I/O error) the record is dropped and counted:
+        the history is for people, and losing some of it must never stop the controller acting."""
+        try:
+            with self._lock, self._db:
+                yield self._db
+        except sqlite3.OperationalError as exc:
+            self.dropped_writes += 1
+            now = time.monotonic()
+            if now - self._last_drop_warning > 60.0:
+                self._last_drop_warning = now
+                log.warning("event store %s: cannot write (%s); records are being dropped", self.path, exc)
 
     def record_event(
         self,

@@ -37,6 +37,7 @@ KIND_STYLE = {
     "delete_failed": "red",
     "provider_error": "red",
     "balancer_failed": "red",
+    "balancer_restarted": "red",
     "replica_draining": "magenta",
     "replica_drained": "magenta",
     "replica_deleted": "magenta",

@@ -80,7 +80,7 @@ def parse_address(address: str) -> tuple[str, int]:
         except ValueError:
             # Anything that is not an IPv4 literal must be a plain DNS name: this string is pasted into
             # the nginx config, so it must not be able to carry ';', '{', spaces or quotes.
-            if not _HOSTNAME_RE.match(host):
+            if not _HOSTNAME_RE.fullmatch(host):
                 raise ValueError(f"invalid address {address!r}: bad host") from None
     if not port_s.isdigit() or not 1 <= int(port_s) <= 65535:
         raise ValueError(f"invalid address {address!r}: bad port")
@@ -144,7 +144,7 @@ class NginxBalancer:
         shutdown_timeout: float = 120.0,
         reload_timeout: float = 10.0,
     ) -> None:
-        if not _GROUP_RE.match(group):
+        if not _GROUP_RE.fullmatch(group):
             raise ValueError(f"invalid group name {group!r}")
         if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {algorithm!r}; expected one of {ALGORITHMS}")
@@ -258,8 +258,10 @@ class NginxBalancer:
             text = self.render(backends)
             self._write_atomic(self.conf_path, text)
             self._run_test(self.conf_path)
-            self._check_bindable()
+            orphans = self.orphan_workers()
+            self._check_bindable(tolerate={p.pid for p in orphans})
             self._start()
+            self._retire_orphans(orphans)
 
     def apply(self, backends: Sequence[str]) -> ApplyResult:
         """Point the running master at `backends`; a rejected config leaves the last good one serving."""
@@ -272,6 +274,9 @@ class NginxBalancer:
                     self.ensure_running(backends)
                 except BalancerError as e:
                     return ApplyResult(changed=False, ok=False, error=str(e))
+                except OSError as e:
+                    error = f"cannot start nginx: {e.strerror or e}"
+                    return ApplyResult(changed=False, ok=False, error=error)
                 return ApplyResult(changed=True, ok=True)
             try:
                 live = self.conf_path.read_text()
@@ -282,7 +287,12 @@ class NginxBalancer:
 
             candidate = self.conf_path.with_name("nginx.conf.candidate")
             previous = self.conf_path.with_name("nginx.conf.previous")
-            self._write_atomic(candidate, text)
+            try:
+                self._write_atomic(candidate, text)
+            except OSError as e:  # disk full, read-only state dir: the running config stays as it is
+                candidate.unlink(missing_ok=True)
+                error = f"cannot write {candidate.name}: {e.strerror or e}"
+                return ApplyResult(changed=False, ok=False, error=error)
             try:
                 self._run_test(candidate)
                 self._check_bindable(master)
@@ -292,7 +302,12 @@ class NginxBalancer:
 
             old_workers = self._worker_pids(master)
             if live is not None:
-                self._write_atomic(previous, live)
+                try:
+                    self._write_atomic(previous, live)
+                except OSError as e:
+                    candidate.unlink(missing_ok=True)
+                    error = f"cannot write {previous.name}: {e.strerror or e}"
+                    return ApplyResult(changed=False, ok=False, error=error)
             log_offset = self._error_log_size()
             os.replace(candidate, self.conf_path)
             try:
@@ -415,6 +430,33 @@ class NginxBalancer:
         # A recycled pid, the system nginx, or another group's master must never be adopted or signalled.
         return cmd.startswith("nginx: master process") and (f" -p {self._prefix_arg} " in cmd + " ")
 
+    def orphan_workers(self) -> list[psutil.Process]:
+        """Workers whose master of ours died (SIGKILL, OOM killer): they keep our port and serve the old
+        backends, so a new master could not bind until they are gone. Recognised by our log files being
+        open in them, as their title does not name the prefix."""
+        ours = {str(self.access_log_path), str(self.error_log_path)}
+        out = []
+        for proc in psutil.process_iter(["name", "ppid"]):
+            if proc.info["name"] != "nginx" or not _cmdline(proc).startswith("nginx: worker process"):
+                continue
+            try:
+                parent = psutil.Process(proc.info["ppid"])
+                if self._is_our_master(parent):
+                    continue
+                if any(f.path in ours for f in proc.open_files()):
+                    out.append(proc)
+            except psutil.Error:
+                continue
+        return out
+
+    @staticmethod
+    def _retire_orphans(orphans: list[psutil.Process]) -> None:
+        """QUIT the orphans once the new master listens beside them (reuseport): each stops accepting
+        and finishes what it already accepted, within worker_shutdown_timeout."""
+        for proc in orphans:
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(signal.SIGQUIT)
+
     def _worker_pids(self, master: psutil.Process) -> set[int]:
         try:
             return {c.pid for c in master.children() if _alive(c)}
@@ -458,10 +500,13 @@ class NginxBalancer:
         if rc != 0:
             raise BalancerError(_nginx_error_line(output))
 
-    def _check_bindable(self, master: psutil.Process | None = None) -> None:
-        """Fail fast where nginx -t cannot: it ignores EADDRINUSE in test mode."""
+    def _check_bindable(self, master: psutil.Process | None = None, tolerate: set[int] | None = None) -> None:
+        """Fail fast where nginx -t cannot: it ignores EADDRINUSE in test mode. Listeners in `tolerate`
+        (our orphaned workers, bound with reuseport like the new master) do not count as taking the port."""
         if master is not None and self._master_listens(master):
             return  # our own socket; the master keeps it across the reload
+        if tolerate and self._listeners() and self._listeners() <= tolerate:
+            return
         family = socket.AF_INET6 if ":" in self._listen_host else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # same as nginx: TIME_WAIT is fine
@@ -474,6 +519,15 @@ class NginxBalancer:
                     if code
                     else f"[emerg] bind() to {self.listen} failed ({e})"
                 ) from None
+
+    def _listeners(self) -> set[int]:
+        """Pids with a listening socket on our port (any address: a wildcard bind also takes ours)."""
+        pids = set()
+        with contextlib.suppress(psutil.Error, OSError):
+            for c in psutil.net_connections(kind="tcp"):
+                if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == self._listen_port and c.pid:
+                    pids.add(c.pid)
+        return pids
 
     def _master_listens(self, master: psutil.Process) -> bool:
         # Any listener of ours on the port counts: an unchanged listen socket is kept across reloads, and
@@ -577,11 +631,15 @@ class NginxBalancer:
     @staticmethod
     def _write_atomic(path: Path, text: str) -> None:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a half-written file must not eat what little space is left
+            raise
 
 
 def _template() -> str:

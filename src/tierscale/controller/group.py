@@ -452,6 +452,7 @@ class GroupController:
             self.rt.desired = decision.desired
             if listed:
                 await self._converge()
+            await self._check_balancer()
             await self.balance()
         self._publish(now)
         return decision
@@ -566,6 +567,16 @@ class GroupController:
             self.rt.draining.discard(replica.id)
 
     # ------------------------------------------------------------------ balance
+    async def _check_balancer(self) -> None:
+        """A master that died (OOM killer, an operator's kill -9) is noticed within one tick; its
+        orphaned workers keep serving meanwhile, and `apply` retires them once a new master is started."""
+        if self.balancer is None or self.rt.backends is None:
+            return
+        if await self._call(self.balancer.is_running):
+            return
+        self.event("balancer_restarted", "nginx master is gone; starting a new one")
+        self.rt.backends = None  # whatever the dead master served, the next apply must start one
+
     async def balance(self) -> None:
         if self.balancer is None or self.dry_run:
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -101,12 +102,18 @@ async def query_prometheus(
     except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
         return None
     data = body.get("data", {}) if isinstance(body, dict) else {}
+    data = data if isinstance(data, dict) else {}
     result = data.get("result")
+    value: float | None = None
     try:
         if data.get("resultType") == "scalar":
-            return float(result[1])
-        if data.get("resultType") == "vector" and isinstance(result, list) and len(result) == 1:
-            return float(result[0]["value"][1])
+            value = float(result[1])
+        elif data.get("resultType") == "vector" and isinstance(result, list) and len(result) == 1:
+            value = float(result[0]["value"][1])
     except (TypeError, ValueError, KeyError, IndexError):
         return None
-    return None
+    # A total to divide among replicas is finite and not negative; NaN, ±Inf or -5 is a broken exporter
+    # or query, and acting on it would scale the group to an extreme.
+    if value is None or not math.isfinite(value) or value < 0:
+        return None
+    return value

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 
-from tierscale.providers.base import ProviderError, Replica, ReplicaStats
+from tierscale.providers.base import ProviderError, Replica, ReplicaState, ReplicaStats
 
 
 def _port_is_free(port: int) -> bool:
@@ -95,18 +95,34 @@ class ProcessProvider:
             rec = self._read(path)
             if rec is None:
                 continue
+            if rec.get("pid") is None:
+                rec = self._complete(path, rec)
             alive = self._process(rec) is not None
+            state: ReplicaState = "running" if alive else "failed"
+            age = time.time() - float(rec.get("created_at", 0.0))  # type: ignore[arg-type]
+            if rec.get("pid") is None and not alive and age < 30:
+                state = "provisioning"  # claimed a moment ago; its process is being started
             out.append(
                 Replica(
                     id=str(rec.get("id", path.stem)),
                     group=self.group,
                     address=f"127.0.0.1:{rec.get('port')}",
-                    state="running" if alive else "failed",
+                    state=state,
                     created_at=float(rec.get("created_at", 0.0)),  # type: ignore[arg-type]
                     detail={"pid": str(rec.get("pid")), "port": str(rec.get("port"))},
                 )
             )
         return out
+
+    def _complete(self, path: Path, rec: dict[str, object]) -> dict[str, object]:
+        """A claim without a pid: a create in progress, or one a killed controller never finished."""
+        proc = self._unrecorded(rec)
+        if proc is None:
+            return rec  # no process: listed as failed, and the controller's delete removes the claim
+        with contextlib.suppress(psutil.Error, OSError):
+            rec = {**rec, "pid": proc.pid, "proc_start": proc.create_time()}
+            self._write_record(path.stem, rec)
+        return rec
 
     def _pick_port(self) -> int:
         taken = set()
@@ -123,13 +139,48 @@ class ProcessProvider:
         with self._create_lock:
             return self._create(replica_id)
 
+    def _write_record(self, replica_id: str, record: Mapping[str, object]) -> None:
+        tmp = self._pidfile(replica_id).with_suffix(".tmp")
+        try:
+            fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(record))
+            tmp.replace(self._pidfile(replica_id))
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _forget(self, replica_id: str) -> None:
+        self._pidfile(replica_id).unlink(missing_ok=True)
+        (self.dir / f"{replica_id}.log").unlink(missing_ok=True)
+
     def _create(self, replica_id: str) -> Replica:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         port = self._pick_port()
         argv = [part.replace("{port}", str(port)).replace("{replica}", replica_id) for part in self.command]
         env = {**os.environ, **self.env, "TIERSCALE_REPLICA": replica_id, "TIERSCALE_GROUP": self.group}
+        created = time.time()
+        record: dict[str, object] = {
+            "id": replica_id,
+            "group": self.group,
+            "pid": None,
+            "proc_start": None,
+            "port": port,
+            "created_at": created,
+            "argv": argv,
+        }
+        # The claim is written before anything runs: with a full disk the create fails here, and a
+        # controller killed between start and record still finds the process (see `_unrecorded`).
+        try:
+            self._write_record(replica_id, record)
+        except OSError as exc:
+            raise ProviderError(f"cannot write replica record: {exc.strerror or exc}") from exc
         log_path = self.dir / f"{replica_id}.log"
-        fd = os.open(log_path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+        try:
+            fd = os.open(log_path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+        except OSError as exc:
+            self._forget(replica_id)
+            raise ProviderError(f"cannot open replica log: {exc.strerror or exc}") from exc
         try:
             proc = subprocess.Popen(
                 argv,
@@ -141,31 +192,38 @@ class ProcessProvider:
                 start_new_session=True,  # survives a controller SIGKILL; we signal its whole group
             )
         except OSError as exc:
-            log_path.unlink(missing_ok=True)
+            self._forget(replica_id)
             raise ProviderError(f"cannot start {argv[0]!r}: {exc.strerror or exc}") from exc
         finally:
             os.close(fd)
-        created = time.time()
         try:
-            proc_start = psutil.Process(proc.pid).create_time()
+            record["proc_start"] = psutil.Process(proc.pid).create_time()
         except psutil.Error:
-            proc_start = created
-        record = {
-            "id": replica_id,
-            "group": self.group,
-            "pid": proc.pid,
-            "proc_start": proc_start,
-            "port": port,
-            "created_at": created,
-            "argv": argv,
-        }
-        tmp = self._pidfile(replica_id).with_suffix(".tmp")
-        tmp.write_text(json.dumps(record))
-        os.chmod(tmp, 0o600)
-        tmp.replace(self._pidfile(replica_id))
+            record["proc_start"] = created
+        record["pid"] = proc.pid
+        try:
+            self._write_record(replica_id, record)
+        except OSError as exc:
+            # Unrecorded, it would be a process nobody owns: stop it rather than leak it.
+            self._stop(psutil.Process(proc.pid), grace=0.0)
+            self._forget(replica_id)
+            raise ProviderError(f"cannot write replica record: {exc.strerror or exc}") from exc
         return Replica(
             replica_id, self.group, f"127.0.0.1:{port}", "running", created, {"pid": str(proc.pid)}
         )
+
+    def _unrecorded(self, record: Mapping[str, object]) -> psutil.Process | None:
+        """The process of a claim whose pid was never written (controller killed mid-create), found by
+        the replica id and group every replica carries in its environment."""
+        for proc in psutil.process_iter():
+            try:
+                env = proc.environ()
+                ids = (env.get("TIERSCALE_GROUP"), env.get("TIERSCALE_REPLICA"))
+                if ids == (self.group, record.get("id")) and os.getsid(proc.pid) == proc.pid:
+                    return proc
+            except (psutil.Error, OSError):
+                continue
+        return None
 
     def delete(self, replica: Replica, grace: float = 5.0) -> None:
         path = self._pidfile(replica.id)
@@ -174,8 +232,7 @@ class ProcessProvider:
         if proc is not None:
             self._stop(proc, grace)
         self._last_cpu.pop(replica.id, None)
-        path.unlink(missing_ok=True)
-        (self.dir / f"{replica.id}.log").unlink(missing_ok=True)
+        self._forget(replica.id)
 
     @staticmethod
     def _stop(proc: psutil.Process, grace: float) -> None:
@@ -185,6 +242,9 @@ class ProcessProvider:
             return
         with contextlib.suppress(OSError):
             os.killpg(pgid, signal.SIGTERM)
+            # A stopped (SIGSTOP, hung) replica only sees the TERM once it runs again; like a shell's
+            # `kill`, continue it, so it shuts down now instead of being SIGKILLed after the grace.
+            os.killpg(pgid, signal.SIGCONT)
         try:
             proc.wait(timeout=grace)
         except psutil.TimeoutExpired:

@@ -1,0 +1,432 @@
+"""What the chaos run needs from each tier: a template, the infrastructure's own view of our replicas,
+ways to kill and hang one, the tier's daemon restart, and foreign objects that must come out untouched.
+
+"Ours in the infrastructure" is read here independently of the provider under test (process environment,
+container labels, domain names and overlay files), so a provider that forgets something is caught.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[2]
+SETUP = REPO / "scripts" / "setup"
+VM_IMAGE_DIR = REPO / "build" / "images" / "vm"
+OVERLAY_ROOT = Path("/var/lib/libvirt/images/tierscale")
+
+
+class Tier:
+    """Base: the process-independent parts every tier shares."""
+
+    name = "base"
+    converge_timeout = 60.0  # seconds an injection may take to be repaired before it counts as failed
+    rate = 15.0  # requests/s of the steady load
+    work_ms = 2  # busy time per request on the replica
+    startup_grace = "15s"
+
+    def __init__(self, group: str) -> None:
+        self.group = group
+
+    # ---- to implement ------------------------------------------------------------------------------
+    def template(self, port_lo: int, port_hi: int) -> str:
+        raise NotImplementedError
+
+    def available(self) -> tuple[bool, str]:
+        return True, ""
+
+    def infra(self) -> dict[str, str]:
+        """replica id -> state, of every object of our group the infrastructure holds."""
+        raise NotImplementedError
+
+    def kill(self, replica: str) -> None:
+        raise NotImplementedError
+
+    def hang(self, replica: str) -> None:
+        raise NotImplementedError
+
+    def make_foreign(self) -> None:
+        """Objects next to ours that look like ours but are not: they must survive the run unchanged."""
+
+    def foreign_problems(self) -> list[str]:
+        return []
+
+    def remove_foreign(self) -> None:
+        pass
+
+    def scrub(self) -> None:
+        """Remove whatever of the group is left (after `tierscale down`, which should have removed it all)."""
+
+    def daemon_injections(self) -> dict[str, Callable[[], None]]:
+        return {}
+
+    def leaked_disks(self, live: set[str]) -> list[str]:
+        return []
+
+
+# ---------------------------------------------------------------------------------------------- process
+class ProcessTier(Tier):
+    name = "process"
+
+    def __init__(self, group: str) -> None:
+        super().__init__(group)
+        self._foreign: subprocess.Popen[bytes] | None = None
+        self._ports = (0, 0)
+
+    def template(self, port_lo: int, port_hi: int) -> str:
+        self._ports = (port_lo, port_hi)
+        return (
+            f'{{command: ["{sys.executable}", "-m", "tierscale.workload", "--port", "{{port}}"], '
+            f"port_range: [{port_lo}, {port_hi}], cpus: 0.25}}"
+        )
+
+    def _ours(self) -> dict[str, psutil.Process]:
+        out: dict[str, psutil.Process] = {}
+        for p in psutil.process_iter():
+            try:
+                env = p.environ()
+                if env.get("TIERSCALE_GROUP") != self.group or p.status() == psutil.STATUS_ZOMBIE:
+                    continue
+                rid = env.get("TIERSCALE_REPLICA", "?")
+                leader = os.getsid(p.pid) == p.pid
+            except (psutil.Error, OSError):
+                continue
+            # A replica's children (if any) carry the same environment: keep the session leader.
+            if rid not in out or leader:
+                out[rid] = p
+        return out
+
+    def infra(self) -> dict[str, str]:
+        states: dict[str, str] = {}
+        for rid, p in self._ours().items():
+            with contextlib.suppress(psutil.Error):
+                states[rid] = "paused" if p.status() == psutil.STATUS_STOPPED else "running"
+        return states
+
+    def _signal(self, replica: str, sig: int) -> None:
+        proc = self._ours().get(replica)
+        assert proc is not None, f"replica {replica} has no process"
+        proc.send_signal(sig)
+
+    def kill(self, replica: str) -> None:
+        self._signal(replica, signal.SIGKILL)
+
+    def hang(self, replica: str) -> None:
+        self._signal(replica, signal.SIGSTOP)
+
+    def make_foreign(self) -> None:
+        # A workload on the first port of our range, started by someone else: never adopted, never signalled.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TIERSCALE_")}
+        self._foreign = subprocess.Popen(
+            [sys.executable, "-m", "tierscale.workload", "--port", str(self._ports[0])],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def foreign_problems(self) -> list[str]:
+        p = self._foreign
+        if p is None:
+            return ["foreign process was never started"]
+        if p.poll() is not None:
+            return [f"foreign process {p.pid} exited with {p.returncode}"]
+        if psutil.Process(p.pid).status() == psutil.STATUS_STOPPED:
+            return [f"foreign process {p.pid} was stopped"]
+        return []
+
+    def remove_foreign(self) -> None:
+        if self._foreign is not None and self._foreign.poll() is None:
+            self._foreign.kill()
+            self._foreign.wait(10)
+
+    def scrub(self) -> None:
+        for p in self._ours().values():
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+
+
+# ---------------------------------------------------------------------------------------------- docker
+class DockerTier(Tier):
+    name = "docker"
+    converge_timeout = 90.0  # a dockerd restart (without live-restore) takes every container down
+
+    def __init__(self, group: str) -> None:
+        super().__init__(group)
+        self._foreign: list[tuple[str, str]] = []  # (container id, status at start)
+
+    def _client(self) -> Any:
+        import docker
+
+        return docker.from_env(version="auto", timeout=30)
+
+    def available(self) -> tuple[bool, str]:
+        try:
+            c = self._client()
+            c.ping()
+            from tierscale.providers.docker_image import build_demo_image
+
+            build_demo_image(c)
+            c.close()
+            return True, ""
+        except Exception as exc:  # any failure means "no usable engine here"
+            return False, f"Docker engine ({exc})"
+
+    def template(self, port_lo: int, port_hi: int) -> str:
+        from tierscale.providers.docker_image import DEMO_IMAGE
+
+        return f"{{image: {DEMO_IMAGE}, port: 8080, cpus: 0.25, memory: 64m}}"
+
+    def _containers(self) -> list[Any]:
+        from tierscale.providers.docker import LABEL_GROUP
+
+        c = self._client()
+        try:
+            return list(c.containers.list(all=True, filters={"label": f"{LABEL_GROUP}={self.group}"}))
+        finally:
+            c.close()
+
+    def infra(self) -> dict[str, str]:
+        from tierscale.providers.docker import LABEL_REPLICA
+
+        out: dict[str, str] = {}
+        for ct in self._containers():
+            rid = ct.labels.get(LABEL_REPLICA, "?")
+            # Two containers claiming one replica id would be a duplicate: keep both visible.
+            key = rid if rid not in out else f"{rid}#dup-{ct.short_id}"
+            out[key] = ct.status
+        return out
+
+    def _container(self, replica: str) -> Any:
+        from tierscale.providers.docker import LABEL_REPLICA
+
+        for ct in self._containers():
+            if ct.labels.get(LABEL_REPLICA) == replica:
+                return ct
+        raise AssertionError(f"replica {replica} has no container")
+
+    def kill(self, replica: str) -> None:
+        self._container(replica).kill()
+
+    def hang(self, replica: str) -> None:
+        self._container(replica).pause()
+
+    def make_foreign(self) -> None:
+        from tierscale.providers.docker import LABEL_GROUP
+        from tierscale.providers.docker_image import DEMO_IMAGE
+
+        c = self._client()
+        try:
+            plain = c.containers.run(DEMO_IMAGE, detach=True, name=f"chaos-foreign-{secrets.token_hex(3)}")
+            other = c.containers.run(
+                DEMO_IMAGE,
+                detach=True,
+                labels={LABEL_GROUP: f"{self.group}-other"},  # another group's: never ours
+            )
+            for ct in (plain, other):
+                ct.reload()
+                self._foreign.append((ct.id, ct.status))
+        finally:
+            c.close()
+
+    def foreign_problems(self) -> list[str]:
+        import docker
+
+        problems = []
+        c = self._client()
+        try:
+            for cid, status in self._foreign:
+                try:
+                    ct = c.containers.get(cid)
+                except docker.errors.NotFound:
+                    problems.append(f"foreign container {cid[:12]} was removed")
+                    continue
+                # A dockerd restart without live-restore stops every container, ours or not: that is the
+                # engine's doing, so a foreign container may only be running or exited by the daemon.
+                if ct.status not in (status, "exited"):
+                    problems.append(f"foreign container {cid[:12]} is {ct.status} (was {status})")
+        finally:
+            c.close()
+        return problems
+
+    def remove_foreign(self) -> None:
+        c = self._client()
+        try:
+            for cid, _ in self._foreign:
+                with contextlib.suppress(Exception):
+                    c.containers.get(cid).remove(force=True)
+        finally:
+            c.close()
+
+    def scrub(self) -> None:
+        for ct in self._containers():
+            with contextlib.suppress(Exception):
+                ct.remove(force=True)
+
+    def daemon_injections(self) -> dict[str, Callable[[], None]]:
+        return {"dockerd_restart": restart_dockerd}
+
+
+def _pid_from(path: str) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        pid = int(Path(path).read_text().strip())
+        if psutil.pid_exists(pid):
+            return pid
+    return None
+
+
+def restart_dockerd() -> None:
+    pid = _pid_from("/var/run/docker.pid")
+    assert pid is not None, "dockerd pid file not found (scripts/setup/docker.sh starts it)"
+    os.kill(pid, signal.SIGTERM)
+    psutil.Process(pid).wait(120)
+    subprocess.run(["bash", str(SETUP / "docker.sh")], check=True, timeout=180, capture_output=True)
+
+
+def restart_libvirtd() -> None:
+    pid = _pid_from("/run/libvirtd.pid")
+    assert pid is not None, "libvirtd pid file not found (scripts/setup/libvirt.sh starts it)"
+    os.kill(pid, signal.SIGTERM)
+    psutil.Process(pid).wait(60)
+    subprocess.run(["libvirtd", "-d"], check=True, timeout=30)
+    import libvirt
+
+    deadline = time.monotonic() + 30
+    while True:  # it daemonizes before its socket accepts connections
+        try:
+            libvirt.open("qemu:///system").close()
+            return
+        except libvirt.libvirtError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+# ---------------------------------------------------------------------------------------------- libvirt
+class LibvirtTier(Tier):
+    name = "libvirt"
+    converge_timeout = 120.0
+    rate = 8.0  # one TCG vCPU per guest on a 2-core host: keep the guests far from saturation
+    startup_grace = "40s"
+
+    def __init__(self, group: str) -> None:
+        super().__init__(group)
+        self._foreign: str | None = None
+
+    def _conn(self) -> Any:
+        import libvirt
+
+        # Lookups of what may be gone are expected to fail here; keep libvirt from printing each one.
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+        return libvirt.open("qemu:///system")
+
+    def available(self) -> tuple[bool, str]:
+        try:
+            self._conn().close()
+        except Exception as exc:
+            return False, f"libvirtd ({exc})"
+        missing = [n for n in ("vmlinux", "initrd.img", "base.qcow2") if not (VM_IMAGE_DIR / n).exists()]
+        if missing:
+            return False, f"VM image ({', '.join(missing)} missing: run make vm-image)"
+        return True, ""
+
+    def template(self, port_lo: int, port_hi: int) -> str:
+        return (
+            f"{{kernel: {VM_IMAGE_DIR / 'vmlinux'}, initrd: {VM_IMAGE_DIR / 'initrd.img'}, "
+            f"base_image: {VM_IMAGE_DIR / 'base.qcow2'}, memory: 256MiB, domain_type: qemu}}"
+        )
+
+    @property
+    def _prefix(self) -> str:
+        return f"tierscale-{self.group}-"
+
+    def _domains(self) -> list[Any]:
+        conn = self._conn()
+        return [d for d in conn.listAllDomains(0) if d.name().startswith(self._prefix)]
+
+    def infra(self) -> dict[str, str]:
+        import libvirt
+
+        names = {
+            libvirt.VIR_DOMAIN_RUNNING: "running",
+            libvirt.VIR_DOMAIN_PAUSED: "paused",
+            libvirt.VIR_DOMAIN_SHUTOFF: "shutoff",
+        }
+        return {d.name()[len(self._prefix) :]: names.get(d.state()[0], "other") for d in self._domains()}
+
+    def leaked_disks(self, live: set[str]) -> list[str]:
+        d = OVERLAY_ROOT / self.group
+        files = sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+        return [f for f in files if f.removesuffix(".qcow2").removeprefix(self._prefix) not in live]
+
+    def _domain(self, replica: str) -> Any:
+        return self._conn().lookupByName(self._prefix + replica)
+
+    def kill(self, replica: str) -> None:
+        self._domain(replica).destroy()
+
+    def hang(self, replica: str) -> None:
+        self._domain(replica).suspend()
+
+    def make_foreign(self) -> None:
+        # Defined, never started: costs nothing, and a provider that matched by prefix would take it.
+        name = f"tierscale-{self.group}x-foreign"
+        xml = (
+            f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>"
+            "<os><type arch='x86_64'>hvm</type></os></domain>"
+        )
+        self._conn().defineXML(xml)
+        self._foreign = name
+
+    def foreign_problems(self) -> list[str]:
+        import libvirt
+
+        if self._foreign is None:
+            return ["foreign domain was never defined"]
+        try:
+            dom = self._conn().lookupByName(self._foreign)
+        except libvirt.libvirtError:
+            return [f"foreign domain {self._foreign} was removed"]
+        return [] if not dom.isActive() else [f"foreign domain {self._foreign} was started"]
+
+    def remove_foreign(self) -> None:
+        if self._foreign:
+            with contextlib.suppress(Exception):
+                self._conn().lookupByName(self._foreign).undefine()
+
+    def scrub(self) -> None:
+        import libvirt
+
+        for d in self._domains():
+            with contextlib.suppress(libvirt.libvirtError):
+                if d.isActive():
+                    d.destroy()
+                d.undefine()
+        time.sleep(0.2)
+        conn = self._conn()
+        with contextlib.suppress(libvirt.libvirtError):
+            pool = conn.storagePoolLookupByName(f"tierscale-{self.group}")
+            if pool.isActive():
+                pool.refresh(0)
+                for vol in pool.listAllVolumes(0):
+                    vol.delete(0)
+                pool.destroy()
+            with contextlib.suppress(libvirt.libvirtError):
+                pool.delete(0)
+            pool.undefine()
+
+    def daemon_injections(self) -> dict[str, Callable[[], None]]:
+        return {"libvirtd_restart": restart_libvirtd}
+
+
+TIERS: dict[str, type[Tier]] = {"process": ProcessTier, "docker": DockerTier, "libvirt": LibvirtTier}
