@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup venv lint clean bench images docker-image vm-image
+.PHONY: demo test setup venv lint clean bench images docker-image vm-image chaos
 
 setup:
 	bash scripts/setup-host.sh
@@ -36,6 +36,11 @@ test: setup venv lint images
 
 demo: setup venv
 	$(VENV)/bin/tierscale demo
+
+# Faults injected under load on every tier (>= 50 in all); report in artifacts/chaos/. CHAOS_ARGS to vary.
+CHAOS_ARGS ?=
+chaos: setup venv images
+	$(PY) tests/chaos/run.py --out artifacts/chaos $(CHAOS_ARGS)
 
 bench: setup venv
 	$(PY) bench/reaction.py

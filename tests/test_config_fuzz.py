@@ -3,7 +3,12 @@ every problem names a line — never another exception (a traceback for the user
 
 from __future__ import annotations
 
+import copy
+import itertools
+import shlex
 import string
+from pathlib import Path
+from typing import Any
 
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -40,6 +45,30 @@ KEYS = [
     "period",
     "select_policy",
     "x-anchor",
+    "env",
+    "cwd",
+    "kernel",
+    "cmdline",
+    "network",
+    "path",
+]
+# Strings that would do harm if some tier pasted them into a shell, a file path, XML, an HTTP request
+# line or nginx.conf unquoted.
+DANGEROUS = [
+    "../../etc/passwd",
+    "a'b\"c",
+    "$(touch /tmp/tierscale-pwned)",
+    "`id`",
+    "x; rm -rf /",
+    "a & b | c",
+    "a\nb",
+    "a\r\nX-Evil: 1",
+    "<evil/>&amp;]]>",
+    "a\x00b",
+    "A=B",
+    "-rf",
+    "\u202etxt.exe",
+    "}; include /etc/passwd; {",
 ]
 SCALARS = st.one_of(
     st.none(),
@@ -47,9 +76,7 @@ SCALARS = st.one_of(
     st.integers(-(10**6), 10**6),
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(string.printable, max_size=12),
-    st.sampled_from(
-        ["5s", "-1s", "1h30m", "128m", "docker", "process", "../../etc", "$(rm -rf /)", "a\nb", "{port}"]
-    ),
+    st.sampled_from(["5s", "-1s", "1h30m", "128m", "docker", "process", "{port}", *DANGEROUS]),
 )
 TREES = st.recursive(
     SCALARS,
@@ -134,3 +161,87 @@ def test_validate_on_binary_garbage_is_exit_2(tmp_path) -> None:
         [sys.executable, "-m", "tierscale", "validate", str(f)], capture_output=True, text=True
     )
     assert r.returncode == 2 and "Traceback" not in r.stderr and str(f) in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------- dangerous
+DANGER_TEXT = st.one_of(
+    st.sampled_from(DANGEROUS),
+    st.text(alphabet="'\"`$();&|<>\\/.\n\r\t\x00 =-{}aZ0", min_size=1, max_size=16),
+)
+BASES: dict[str, dict[str, object]] = {
+    "process": {"template": {"command": ["python3", "-m", "tierscale.workload"]}},
+    "docker": {"template": {"image": "tierscale/demo:latest"}},
+    "libvirt": {"template": {"kernel": "/boot/vmlinuz", "initrd": "/boot/initrd"}},
+    "openstack": {"template": {"image": "img", "flavor": "small"}},
+}
+# (tier, where the string goes inside the group, what a loaded config must hold there)
+FIELDS: list[tuple[str, tuple[str | int, ...], str]] = [
+    ("process", ("name",), "verbatim"),
+    ("process", ("template", "command", 1), "verbatim"),
+    ("process", ("template", "env", "V"), "verbatim"),
+    ("process", ("template", "cwd"), "path"),
+    ("process", ("health", "path"), "verbatim"),
+    ("docker", ("template", "image"), "verbatim"),
+    ("docker", ("template", "env", "V"), "verbatim"),
+    ("docker", ("template", "command"), "shell-split"),
+    ("libvirt", ("template", "kernel"), "path"),
+    ("libvirt", ("template", "cmdline"), "verbatim"),
+    ("libvirt", ("template", "network"), "verbatim"),
+    ("openstack", ("template", "image"), "verbatim"),
+    ("openstack", ("template", "user_data"), "verbatim"),
+    ("openstack", ("template", "security_groups", 0), "verbatim"),
+]
+
+
+def field_name(where: tuple[str | int, ...]) -> str:
+    out = "groups[0]"
+    for part in where:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def put_field(group: dict[str, Any], where: tuple[str | int, ...], value: str) -> None:
+    node: Any = group
+    for part, nxt in itertools.pairwise(where):
+        if isinstance(node, dict) and part not in node:
+            node[part] = [] if isinstance(nxt, int) else {}
+        node = node[part]
+    last = where[-1]
+    if isinstance(last, int) and len(node) <= last:
+        node.append(value)
+    else:
+        node[last] = value
+
+
+def get_field(obj: Any, where: tuple[str | int, ...]) -> Any:
+    for part in where:
+        obj = obj[part] if isinstance(part, int) or isinstance(obj, dict) else getattr(obj, part)
+    return obj
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(FIELDS), DANGER_TEXT)
+def test_dangerous_strings_are_refused_naming_the_field_or_kept_verbatim(
+    field: tuple[str, tuple[str | int, ...], str], value: str
+) -> None:
+    """Every string field either refuses a hostile value with an error naming that field, or holds it
+    exactly as written (paths: as `pathlib` spells them; a docker command string: shell-split)."""
+    tier, where, kind = field
+    group: dict[str, Any] = {"name": "web", "tier": tier, "max": 2, **copy.deepcopy(BASES[tier])}
+    put_field(group, where, value)
+    text = yaml.safe_dump({"state_dir": "/tmp/x", "groups": [group]}, allow_unicode=True)
+    try:
+        cfg = load_config_text(text, "fuzz.yaml")
+    except ConfigError as exc:
+        # A docker command string is split first, so its error names the word: command[0].
+        named = [p for p in exc.problems if (p.field or "").startswith(field_name(where))]
+        assert named, (value, [str(p) for p in exc.problems])
+        assert all("\n" not in str(p) for p in exc.problems)
+        return
+    got = get_field(cfg.groups[0], where)
+    if kind == "verbatim":
+        assert got == value
+    elif kind == "path":
+        assert got == str(Path(value).expanduser())
+    else:
+        assert got == shlex.split(value)

@@ -204,8 +204,7 @@ def scale(group: str, replicas: int, api: str | None, config: str | None) -> Non
     st = _api_call(api, config, _group_path(group, "scale"), {"replicas": replicas})
     name = st["group"]
     click.echo(
-        f"{name}: scaling to {replicas} (was {st['desired']});"
-        f" policy paused until `tierscale resume {name}`"
+        f"{name}: scaling to {replicas} (was {st['desired']}); policy paused until `tierscale resume {name}`"
     )
 
 

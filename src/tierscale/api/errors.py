@@ -52,6 +52,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except web.HTTPNotFound:
         return error_response(404, f"no such route: {request.path}", "path")
     except web.HTTPException as exc:
+        if exc.status == 413:
+            return error_response(413, f"body: {exc.text or exc.reason}", "body")
         if exc.status >= 400:
             return error_response(exc.status, exc.reason, None)
         raise

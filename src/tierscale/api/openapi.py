@@ -259,6 +259,7 @@ def _mutation(summary: str, description: str, body: dict[str, Any], required: bo
             "401": _error("Missing or wrong bearer token."),
             "403": _error("No token configured on the controller: changes through the API are disabled."),
             "404": _error("No such group."),
+            "413": _error("Body larger than 64 KiB."),
         },
     }
 

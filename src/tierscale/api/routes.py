@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import sqlite3
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -24,12 +27,32 @@ if TYPE_CHECKING:
     from tierscale.controller.group import GroupController
     from tierscale.controller.runner import Controller
 
+log = logging.getLogger("tierscale.api")
+
 EVENTS_DEFAULT_LIMIT = 200
 EVENTS_MAX_LIMIT = 5000
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, text=json.dumps(body), content_type="application/json")
+
+
+def _shown(key: str) -> str:
+    """A client's key as it can appear in a one-line message: quoted if it has odd characters, short."""
+    text = key if key.isprintable() and key.strip() == key and key else repr(key)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _apply(gc: GroupController, what: str, change: Callable[..., None], *args: Any) -> None:
+    """Make a change whose history row may fail to be written (disk full, database locked).
+
+    The group state changes first and the row is written after it, so by the time the store fails the
+    change is in effect: answering 500 then would tell the client that a change it got did not happen.
+    """
+    try:
+        change(*args)
+    except (sqlite3.Error, OSError) as exc:
+        log.warning("%s: %s applied, but the event store could not record it: %s", gc.s.name, what, exc)
 
 
 class Routes:
@@ -89,14 +112,19 @@ class Routes:
             return {}
         try:
             body = json.loads(raw)
+        except RecursionError:
+            # `[[[[...` a few thousand deep fits in the size cap but not in the parser's stack.
+            raise ApiError(400, "body: JSON nested too deeply", "body") from None
         except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, f"body: not valid JSON ({exc})", "body") from None
+            # Python's advice on a too-long integer ("; use sys.set_int_max_str_digits()") is not for users.
+            reason = str(exc).split(";")[0]
+            raise ApiError(400, f"body: not valid JSON ({reason})", "body") from None
         if not isinstance(body, dict):
             raise ApiError(400, f"body: expected a JSON object, got {type(body).__name__}", "body")
         for key in body:
             if key not in allowed:
                 hint = f" (allowed: {', '.join(allowed)})" if allowed else " (this route takes no fields)"
-                raise ApiError(400, f"{key}: unknown field{hint}", str(key))
+                raise ApiError(400, f"{_shown(key)}: unknown field{hint}", key)
         return body
 
     # ------------------------------------------------------------------ pages and plain routes
@@ -187,7 +215,7 @@ class Routes:
                 f"replicas: must be between min {gc.s.min} and max {gc.s.max} of group {gc.s.name} (got {n})",
                 "replicas",
             )
-        gc.set_manual(n)
+        _apply(gc, "manual scale", gc.set_manual, n)
         return _json(self._body(gc))
 
     async def pause(self, request: web.Request) -> web.Response:
@@ -195,7 +223,7 @@ class Routes:
         gc = self._group(request)
         await self._json_object(request, ())
         if not gc.rt.paused:
-            gc.pause()
+            _apply(gc, "pause", gc.pause)
         return _json(self._body(gc))
 
     async def resume(self, request: web.Request) -> web.Response:
@@ -203,5 +231,5 @@ class Routes:
         gc = self._group(request)
         await self._json_object(request, ())
         if gc.rt.paused:
-            gc.resume()
+            _apply(gc, "resume", gc.resume)
         return _json(self._body(gc))

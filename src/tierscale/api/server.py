@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from tierscale.api.auth import TokenAuth
 from tierscale.api.errors import Handler, error_response, json_errors
@@ -28,6 +30,28 @@ SECURITY_HEADERS = {
 
 
 ROUTES_KEY = web.AppKey("routes", Routes)
+
+
+class _BadRequestsAreOneLine(logging.Filter):
+    """aiohttp answers a request it cannot parse (a control byte in a header, a line too long) with a 400
+    and logs it with a traceback; it is the client's mistake, so one warning line says it all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            # A filter that raised would turn aiohttp's 400 into a 500: keep the record as it was then.
+            with contextlib.suppress(Exception):
+                reason = (str(exc.message) or type(exc).__name__).strip().splitlines()[0].rstrip(":")
+                record.args = (record.getMessage(), exc.code or 400, reason)
+                record.msg = "%s: refused with %d (%s)"
+                record.exc_info = record.exc_text = None
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+# The protocol-level logger aiohttp's request handler writes to (instead of aiohttp.server).
+http_log = logging.getLogger("tierscale.api.http")
+http_log.addFilter(_BadRequestsAreOneLine())
 
 
 class ApiStartError(Exception):
@@ -105,7 +129,7 @@ class ApiServer:
     async def start(self) -> None:
         app = build_app(self.controller, self.auth, self.host or "*")
         # Request lines are not worth a log line each (the dashboard polls); errors still are logged.
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, logger=http_log)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
         try:

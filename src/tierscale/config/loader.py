@@ -217,10 +217,20 @@ def _strip_tags(loc: Sequence[str | int]) -> Loc:
     return tuple(out)
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def _render(loc: Loc) -> str | None:
     text = ""
     for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif not _PLAIN_KEY.fullmatch(str(part)):
+            # A key of the user's own (an env name) may hold dots, quotes or newlines: quoted, the field
+            # path stays one unambiguous line.
+            text += f"[{str(part)!r}]"
+        else:
+            text += f".{part}" if text else str(part)
     return text or None
 
 

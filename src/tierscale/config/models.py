@@ -113,7 +113,30 @@ def _expand_path(value: str) -> str:
     return str(Path(value).expanduser())
 
 
-PathStr = Annotated[NonEmptyStr, AfterValidator(_expand_path)]
+def _no_control(value: str) -> str:
+    """Paths, URIs and names that end up in XML, URLs or file names: a control character in one is a
+    mistake (XML 1.0 cannot even carry most of them) and never what the user meant."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise problem(f"must not contain control characters such as newlines (got {value!r})")
+    return value
+
+
+def _no_nul(value: str) -> str:
+    # Arguments and environment values are C strings to execve: NUL would end them early, silently.
+    if "\0" in value:
+        raise problem(f"must not contain a NUL character (got {value!r})")
+    return value
+
+
+def _env_name(value: str) -> str:
+    # "A=B" would reach the environment as a variable A whose value starts with "B=": not what was asked.
+    if not value or "=" in value or "\0" in value:
+        raise problem(f"environment variable name must be non-empty, without '=' or NUL (got {value!r})")
+    return value
+
+
+PathStr = Annotated[NonEmptyStr, AfterValidator(_no_control), AfterValidator(_expand_path)]
+CleanStr = Annotated[NonEmptyStr, AfterValidator(_no_control)]
 
 _LISTEN_HOST = re.compile(r"[A-Za-z0-9.-]+|\*")
 
@@ -169,8 +192,25 @@ def _string_map(value: Any) -> Any:
     return {k: _num_to_str(v) for k, v in value.items()}
 
 
-Command = Annotated[list[StrictStr], BeforeValidator(_string_list)]
-Env = Annotated[dict[StrictStr, StrictStr], BeforeValidator(_string_map)]
+Arg = Annotated[StrictStr, AfterValidator(_no_nul)]
+Command = Annotated[list[Arg], BeforeValidator(_string_list)]
+Env = Annotated[dict[Annotated[StrictStr, AfterValidator(_env_name)], Arg], BeforeValidator(_string_map)]
+
+# Docker's reference grammar (distribution/reference): [domain[:port]/]path[:tag][@digest], or an image id.
+_DOCKER_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_DOCKER_DOMAIN = rf"{_DOCKER_LABEL}(?:\.{_DOCKER_LABEL})*(?::[0-9]+)?"
+_DOCKER_PATH = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOCKER_IMAGE = re.compile(
+    rf"(?:{_DOCKER_DOMAIN}/)?{_DOCKER_PATH}(?:/{_DOCKER_PATH})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?"
+    r"|sha256:[0-9a-f]{64}"
+)
+
+
+def _docker_image(value: str) -> str:
+    if not _DOCKER_IMAGE.fullmatch(value):
+        raise problem(f"not a Docker image reference like tierscale/demo:latest (got {value!r})")
+    return value
 
 
 class _Model(BaseModel):
@@ -225,7 +265,7 @@ class ProcessTemplate(_Model):
 
 
 class DockerTemplate(_Model):
-    image: NonEmptyStr
+    image: Annotated[NonEmptyStr, AfterValidator(_docker_image)]
     port: Port = 8080
     env: Env = Field(default_factory=dict)
     cpus: PositiveFloat | None = None
@@ -262,22 +302,31 @@ class DockerTemplate(_Model):
         return value
 
 
+def _no_uri_password(value: str) -> str:
+    if re.match(r"^[A-Za-z0-9+.-]+://[^@/?]*:[^@/?]*@", value):
+        raise problem(
+            "must not carry a password: libvirt reads credentials from its auth.conf, SASL or SSH keys "
+            "(write qemu+ssh://user@host/system)"
+        )
+    return value
+
+
 MIN_VM_MEMORY = 128 * 1024**2  # smaller guests do not boot (measured; see shared/notes/vm-tier.md)
 
 
 class LibvirtTemplate(_Model):
-    uri: NonEmptyStr = "qemu:///system"
+    uri: Annotated[CleanStr, AfterValidator(_no_uri_password)] = "qemu:///system"
     base_image: PathStr | None = None
     kernel: PathStr | None = None
     initrd: PathStr | None = None
-    cmdline: StrictStr | None = None
+    cmdline: Annotated[StrictStr, AfterValidator(_no_control)] | None = None
     memory: Size = 256 * 1024**2
     vcpus: PositiveInt = 1
     # The CPU allotment (cores) utilization is measured against, as in the process tier; None: vcpus.
     # Not a cap: capping a TCG guest slows its boot as much as its work.
     cpus: PositiveFloat | None = None
     port: Port = 80
-    network: NonEmptyStr = "user"
+    network: CleanStr = "user"
     domain_type: Literal["auto", "kvm", "qemu"] = "auto"
     base_format: Literal["qcow2", "raw"] = "qcow2"  # the golden image's format (the overlay is qcow2)
     # Per-VM overlays, on the libvirt host; None: /var/lib/libvirt/images/tierscale (qemu:///system),
@@ -331,8 +380,15 @@ class OpenstackTemplate(_Model):
 # ---- group parts ---------------------------------------------------------------------------------------
 
 
+def _url_path(value: str) -> str:
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise problem(f"must not contain spaces or control characters; percent-encode them (got {value!r})")
+    return value
+
+
 class HealthConfig(_Model):
-    path: Annotated[StrictStr, Field(pattern=r"^/")] = "/healthz"
+    # Pasted into the probe's request line: a space or CR/LF there would split it.
+    path: Annotated[StrictStr, Field(pattern=r"^/"), AfterValidator(_url_path)] = "/healthz"
     interval: PositiveDuration = 2.0
     timeout: PositiveDuration = 1.0
     healthy_after: PositiveInt = 1  # consecutive successes before a replica gets traffic
@@ -622,6 +678,7 @@ Group: TypeAlias = Annotated[
 
 
 def _expand_state_dir(value: Path) -> Path:
+    _no_control(str(value))
     return value.expanduser()
 
 

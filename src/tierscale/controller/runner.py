@@ -122,11 +122,13 @@ class Controller:
         clock: Clock | None = None,
         telemetry: Telemetry | None = None,
         api: str = "optional",
+        api_token: str | None = None,
     ) -> None:
         # api: "required" (`run`: a clash on an explicit api.listen stops it), "optional" (logged, the
         # loops run on: tests, demo), or "off" (no HTTP server at all: benchmarks of what it costs).
         self.api_mode = api
         self.api: Any = None  # the running tierscale.api.ApiServer, if any
+        self.api_token = api_token  # None: read from api.token_env when the server starts
         self.config = config
         self.state_dir = Path(config.state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -153,7 +155,7 @@ class Controller:
             return
         from tierscale.api import ApiServer, ApiStartError
 
-        server = ApiServer(self)
+        server = ApiServer(self, token=self.api_token)
         try:
             await server.start()
         except ApiStartError as exc:
@@ -209,7 +211,10 @@ def run_controller(config: Any, dry_run: bool = False, once: bool = False) -> in
     asyncio.set_event_loop(loop)
     # Provider calls (docker, libvirt, openstack SDKs) block; a roomy pool keeps groups independent.
     loop.set_default_executor(ThreadPoolExecutor(max_workers=32, thread_name_prefix="tierscale"))
-    controller = Controller(config, dry_run=dry_run, api="required")
+    # Taken out of the environment before anything is started: replicas of the process tier and nginx
+    # inherit the controller's environment, and a workload that prints its own must not show the token.
+    token = os.environ.pop(config.api.token_env, None)
+    controller = Controller(config, dry_run=dry_run, api="required", api_token=token)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
