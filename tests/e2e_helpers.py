@@ -1,17 +1,26 @@
-"""Helpers for end-to-end tests: configs with unique ports, waiting, and leak checks."""
+"""Helpers for end-to-end tests: group configs with unique ports, the scenarios every tier runs, waiting
+and leak checks."""
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, NamedTuple
 
 import psutil
 
 from tierscale.config import load_config_text
+from tierscale.controller.background import BackgroundController
+from tierscale.eventstore import DecisionRecord, Event, EventStore
+from tierscale.loadgen import LoadResult, LoadRunner, run_load_sync
+from tierscale.providers import Replica, make_provider
 
 
 def free_port() -> int:
@@ -30,36 +39,47 @@ def port_block(size: int = 20) -> tuple[int, int]:
     return lo, lo + size - 1
 
 
-def process_group_config(
+# ---- configs ---------------------------------------------------------------------------------------------
+
+
+def group_config(
     state_dir: Path,
+    tier: str,
+    template: str,
+    *,
     name: str = "web",
     min_: int = 1,
     max_: int = 5,
-    cpus: float = 0.25,
     target: int = 50,
     down_window: str = "5s",
+    metrics: str = "[{type: cpu, target: %(target)d}]",
     extra: str = "",
     listen_port: int | None = None,
-    metrics: str = "[{type: cpu, target: %(target)d}]",
+    health_path: str = "/healthz",
+    startup_grace: str = "15s",
+    balancer: str = "",
 ) -> tuple[Any, str]:
-    lo, hi = port_block()
+    """One group of `tier` behind nginx, written to `<state_dir>/../<name>.yaml` and loaded.
+
+    `template` is the tier's template as a YAML flow mapping; `balancer` adds keys to the balancer
+    mapping (e.g. `algorithm: least_conn`); `extra` is appended as is (more group keys, or top-level ones).
+    """
     listen = listen_port or free_port()
-    # Each test gets its own API port unless it configures the API itself.
+    # Each config gets its own API port unless it configures the API itself: two controllers running at
+    # once (this run's and another's) must not fight over the default one.
     api_line = "" if "api:" in extra else f'api: {{listen: "127.0.0.1:{free_port()}"}}\n'
+    balancer_keys = f", {balancer}" if balancer else ""
     text = f"""\
 state_dir: {state_dir}
 {api_line}groups:
   - name: {name}
-    tier: process
+    tier: {tier}
     min: {min_}
     max: {max_}
     sync_period: 1s
-    template:
-      command: ["python3", "-m", "tierscale.workload", "--port", "{{port}}"]
-      port_range: [{lo}, {hi}]
-      cpus: {cpus}
-    health: {{path: /healthz, interval: 300ms, timeout: 1s, healthy_after: 1, unhealthy_after: 2,
-             startup_grace: 15s}}
+    template: {template}
+    health: {{path: {health_path}, interval: 300ms, timeout: 1s, healthy_after: 1, unhealthy_after: 2,
+             startup_grace: {startup_grace}}}
     metrics: {metrics % {"target": target}}
     cpu_initialization_period: 3s
     initial_readiness_delay: 1s
@@ -68,11 +88,187 @@ state_dir: {state_dir}
         stabilization_window: {down_window}
         policies: [{{type: Percent, value: 100, period: 3s}}]
     drain_timeout: 5s
-    balancer: {{type: nginx, listen: "127.0.0.1:{listen}"}}
+    balancer: {{type: nginx, listen: "127.0.0.1:{listen}"{balancer_keys}}}
 {extra}"""
     path = Path(state_dir).parent / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return load_config_text(text, str(path)), str(path)
+
+
+def process_group_config(state_dir: Path, cpus: float = 0.25, **knobs: Any) -> tuple[Any, str]:
+    """A process-tier group of demo workloads on a port range of its own; `knobs` as for group_config."""
+    lo, hi = port_block()
+    command = '["python3", "-m", "tierscale.workload", "--port", "{port}"]'
+    template = f"{{command: {command}, port_range: [{lo}, {hi}], cpus: {cpus}}}"
+    return group_config(state_dir, "process", template, **knobs)
+
+
+def work_url(cfg: Any, ms: int) -> str:
+    """The demo workload's /work endpoint behind the group's balancer."""
+    return f"http://{cfg.groups[0].balancer.listen}/work?ms={ms}"
+
+
+# ---- the CLI ---------------------------------------------------------------------------------------------
+
+
+def run_tierscale(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`tierscale ARGS` to completion, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "tierscale", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+class CliControllers:
+    """`tierscale run PATH` processes, as an operator starts them; the ones still running are stopped
+    (SIGTERM, then waited for up to `stop_timeout` s) when the block ends, even when the test failed."""
+
+    def __init__(self, path: str, stop_timeout: float) -> None:
+        self.path = path
+        self.stop_timeout = stop_timeout
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *args: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tierscale", "run", self.path, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def restart_after_sigkill(
+        self, first: subprocess.Popen[bytes], url: str, rate: float
+    ) -> subprocess.Popen[bytes]:
+        """SIGKILL `first`, check the group keeps serving without it, then start a second controller."""
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        # Replicas and the balancer outlive the controller: the service keeps answering meanwhile.
+        assert run_load_sync(url, rate, 1.5).failed == 0
+        return self.start()
+
+    def __enter__(self) -> CliControllers:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                p.wait(self.stop_timeout)
+
+
+# ---- the event store ---------------------------------------------------------------------------------------
+
+
+def events(state_dir: Path, group: str, *kinds: str) -> list[Event]:
+    """The group's events of `kinds` (all when none), oldest first."""
+    store = EventStore(Path(state_dir) / "events.db")
+    try:
+        return store.events(group, kinds=kinds)
+    finally:
+        store.close()
+
+
+def decisions(state_dir: Path, group: str) -> list[DecisionRecord]:
+    store = EventStore(Path(state_dir) / "events.db")
+    try:
+        return store.decisions(group)
+    finally:
+        store.close()
+
+
+# ---- scenarios every tier runs ---------------------------------------------------------------------------
+
+
+def replica_ids(bg: BackgroundController, group: str) -> set[str]:
+    return {r["id"] for r in bg.status(group)["replicas"]}
+
+
+def failed_message(result: LoadResult) -> str:
+    """What failed and when: enough to tell a slow boot from a broken drain."""
+    bad = [(round(t, 1), code) for t, code, _ in result.timeline if code != 200]
+    return f"failed requests: {result.status} {result.errors} at {bad[:20]}"
+
+
+def scale_out_and_back(
+    bg: BackgroundController,
+    group: str,
+    url: str,
+    rate: Callable[[float], float],
+    seconds: float,
+    *,
+    first_ready: float = 20,
+    scaled_out: float = 30,
+    back_to_min: float = 60,
+    removed: float = 30,
+    dwell: float = 4,
+    at_peak: Callable[[], None] = lambda: None,
+) -> set[str]:
+    """Drive a load step through the balancer: the group scales out to ≥3 ready replicas, then back to one
+    once the step ends. No request fails, every replica ready at the peak serves, and the events tell the
+    story. `at_peak` checks the tier's own resources while the group is at its peak. Returns the replicas
+    ready at the peak."""
+    wait_for(lambda: bg.status(group)["ready"] >= 1, first_ready, what="first replica ready")
+    runner = LoadRunner(url, rate, seconds).start()
+    try:
+        wait_for(lambda: bg.status(group)["ready"] >= 3, scaled_out, what="≥3 ready replicas under load")
+        time.sleep(dwell)  # the step lasts a while yet: every replica ready now must get traffic
+        peak = {r["id"] for r in bg.status(group)["replicas"] if r["state"] == "ready"}
+        assert len(peak) >= 3
+        at_peak()
+        wait_for(
+            lambda: bg.status(group)["desired"] == 1,
+            back_to_min,
+            interval=0.5,
+            what="scale back to min after the load stops",
+        )
+        wait_for(lambda: len(bg.status(group)["replicas"]) == 1, removed, what="drained replicas removed")
+    finally:
+        runner.stop()
+    result = runner.result(timeout=30)
+    assert result.failed == 0, failed_message(result)
+    assert peak <= set(result.instances), f"replicas that never got traffic: {peak - set(result.instances)}"
+    kinds = {e.kind for e in events(bg.config.state_dir, group)}
+    assert {"scaled", "replica_drained", "replica_deleted"} <= kinds, kinds
+    return peak
+
+
+class Replacement(NamedTuple):
+    victim: Replica
+    before: set[str]  # replica ids before the kill
+    after: set[str]  # and once the replacement is ready
+    result: LoadResult  # the load that ran across the kill
+
+
+def replace_under_load(
+    bg: BackgroundController,
+    kill: Callable[[Replica], None],
+    rate: float,
+    seconds: float,
+    timeout: float,
+) -> Replacement:
+    """With two ready replicas serving a load, `kill` one behind the controller's back and wait until a
+    replacement is ready and the victim is gone."""
+    cfg = bg.config
+    group = cfg.groups[0].name
+    wait_for(lambda: bg.status(group)["ready"] == 2, timeout, what="two ready replicas")
+    before = replica_ids(bg, group)
+    victim = make_provider(cfg.groups[0], Path(cfg.state_dir)).list()[0]
+    with LoadRunner(work_url(cfg, 2), rate, seconds) as runner:
+        time.sleep(1)
+        kill(victim)
+        wait_for(
+            lambda: bg.status(group)["ready"] == 2 and victim.id not in replica_ids(bg, group),
+            timeout,
+            what="replacement ready",
+        )
+    result = runner.result(timeout=30)
+    return Replacement(victim, before, replica_ids(bg, group), result)
+
+
+# ---- waiting and leaks -------------------------------------------------------------------------------------
 
 
 def wait_for(pred: Callable[[], Any], timeout: float, interval: float = 0.2, what: str = "condition") -> Any:

@@ -13,7 +13,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -26,11 +25,22 @@ import psutil
 import pytest
 
 from conftest import require
-from e2e_helpers import free_port, nginx_processes, wait_for
-from tierscale.config import load_config_text
+from e2e_helpers import (
+    CliControllers,
+    decisions,
+    events,
+    free_port,
+    group_config,
+    nginx_processes,
+    replace_under_load,
+    replica_ids,
+    run_tierscale,
+    scale_out_and_back,
+    wait_for,
+    work_url,
+)
 from tierscale.controller.background import BackgroundController
 from tierscale.controller.runner import down
-from tierscale.eventstore import EventStore
 from tierscale.loadgen import LoadRunner, run_load_sync
 from tierscale.providers import make_provider
 from tierscale.providers.docker import LABEL_GROUP
@@ -83,33 +93,11 @@ def docker_config(
     host: str | None = None,
 ) -> tuple[Any, str]:
     name = "dk-" + secrets.token_hex(3)  # labels are engine-wide: never collide with another run
-    listen = free_port()
-    host_line = f", host: {host}" if host else ""
-    text = f"""\
-state_dir: {state_dir}
-groups:
-  - name: {name}
-    tier: docker
-    min: {min_}
-    max: {max_}
-    sync_period: 1s
-    template: {{image: {DEMO_IMAGE}, port: 8080, cpus: {cpus}, memory: 64m{host_line}}}
-    health: {{path: /healthz, interval: 300ms, timeout: 1s, healthy_after: 1, unhealthy_after: 2,
-             startup_grace: 15s}}
-    metrics: [{{type: cpu, target: {target}}}]
-    cpu_initialization_period: 3s
-    initial_readiness_delay: 1s
-    behavior:
-      scale_down:
-        stabilization_window: {down_window}
-        policies: [{{type: Percent, value: 100, period: 3s}}]
-    drain_timeout: 5s
-    balancer: {{type: nginx, listen: "127.0.0.1:{listen}"}}
-"""
-    path = state_dir.parent / f"{name}.yaml"
-    state_dir.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return load_config_text(text, str(path)), str(path)
+    host_key = f", host: {host}" if host else ""
+    template = f"{{image: {DEMO_IMAGE}, port: 8080, cpus: {cpus}, memory: 64m{host_key}}}"
+    return group_config(
+        state_dir, "docker", template, name=name, min_=min_, max_=max_, target=target, down_window=down_window
+    )
 
 
 def cleanup(cfg: Any) -> None:
@@ -138,33 +126,17 @@ def test_scale_out_under_load_and_back_in_with_zero_failures(state_dir: Path) ->
     # busy (≈40 % of 0.5 core) but never overloaded, and the low target still asks for 3 replicas.
     cfg, _ = docker_config(state_dir, min_=1, max_=4, cpus=0.5, target=15)
     g = group_of(cfg)
-    url = f"http://{cfg.groups[0].balancer.listen}/work?ms=10"
     try:
         with BackgroundController(cfg) as bg:
-            wait_for(lambda: bg.status(g)["ready"] >= 1, 30, what="first container ready")
 
             def rate(t: float) -> float:
                 return 4.0 if t < 3 else (20.0 if t < 22 else 2.0)
 
-            runner = LoadRunner(url, rate, 70).start()
-            try:
-                wait_for(lambda: bg.status(g)["ready"] >= 3, 30, what="≥3 ready containers under load")
-                time.sleep(3)  # the step lasts until t=22s: every ready replica must get traffic
-                peak_ids = {r["id"] for r in bg.status(g)["replicas"] if r["state"] == "ready"}
-                assert len(peak_ids) >= 3
+            def at_peak() -> None:
                 assert len(containers(g, "running")) >= 3
-                wait_for(lambda: bg.status(g)["desired"] == 1, 60, interval=0.5, what="back to min")
-                wait_for(lambda: len(bg.status(g)["replicas"]) == 1, 30, what="drained containers removed")
-            finally:
-                runner.stop()
-            result = runner.result(timeout=30)
+
+            scale_out_and_back(bg, g, work_url(cfg, 10), rate, 70, first_ready=30, dwell=3, at_peak=at_peak)
             assert len(containers(g)) == 1  # removed, not merely stopped
-        assert result.failed == 0, f"failed requests: {result.status} {result.errors}"
-        assert peak_ids <= set(result.instances), f"never got traffic: {peak_ids - set(result.instances)}"
-        store = EventStore(state_dir / "events.db")
-        kinds = [e.kind for e in store.events(g)]
-        store.close()
-        assert "scaled" in kinds and "replica_drained" in kinds and "replica_deleted" in kinds
     finally:
         cleanup(cfg)
 
@@ -172,69 +144,41 @@ def test_scale_out_under_load_and_back_in_with_zero_failures(state_dir: Path) ->
 def test_docker_killed_container_is_replaced_without_failed_requests(state_dir: Path, client: Any) -> None:
     cfg, _ = docker_config(state_dir, min_=2, max_=2)
     g = group_of(cfg)
-    url = f"http://{cfg.groups[0].balancer.listen}/work?ms=2"
     try:
         with BackgroundController(cfg) as bg:
-            wait_for(lambda: bg.status(g)["ready"] == 2, 30, what="two ready containers")
-            victim = make_provider(cfg.groups[0], state_dir).list()[0]
-            with LoadRunner(url, 20, 10) as runner:
-                time.sleep(1)
-                client.api.kill(victim.detail["container"])  # `docker kill`
-                wait_for(
-                    lambda: (
-                        bg.status(g)["ready"] == 2
-                        and victim.id not in {r["id"] for r in bg.status(g)["replicas"]}
-                    ),
-                    30,
-                    what="replacement ready",
-                )
-            result = runner.result(timeout=30)
+            # `docker kill`, behind the controller's back
+            victim, _, _, result = replace_under_load(
+                bg, lambda r: client.api.kill(r.detail["container"]), 20, 10, timeout=30
+            )
         assert result.failed == 0, f"{result.status} {result.errors}"
         ids = {c.labels["io.tierscale.replica"] for c in containers(g)}
         assert len(ids) == 2 and victim.id not in ids  # the killed container was removed, not left exited
-        store = EventStore(state_dir / "events.db")
-        replaced = [e for e in store.events(g, kinds=("replica_replaced",)) if e.replica == victim.id]
-        store.close()
+        replaced = [e for e in events(state_dir, g, "replica_replaced") if e.replica == victim.id]
         assert replaced and replaced[0].data["reason"] == "exited"
     finally:
         cleanup(cfg)
 
 
-def _run_cli(path: str, *args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tierscale", "run", path, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-
-
 def test_controller_sigkill_then_restart_adopts_every_container(state_dir: Path) -> None:
     cfg, path = docker_config(state_dir, min_=3, max_=3)
     g = group_of(cfg)
-    first = _run_cli(path)
-    second = None
     try:
-        wait_for(lambda: len(containers(g, "running")) == 3, 30, what="three containers")
-        wait_for(lambda: any(st["ready"] == 3 for st in read_statuses(state_dir)), 30, what="three in nginx")
-        before = {c.id for c in containers(g)}
-        first.send_signal(signal.SIGKILL)
-        first.wait(10)
-        # Containers and the balancer outlive the controller: the service keeps answering meanwhile.
-        res = run_load_sync(f"http://{cfg.groups[0].balancer.listen}/work?ms=1", 20, 1.5)
-        assert res.failed == 0
-        second = _run_cli(path)
-        time.sleep(6)  # several sync periods: long enough for duplicates to appear if adoption failed
-        after = {c.id for c in containers(g)}
-        assert after == before, f"before {before}, after {after}"
-        assert len(nginx_processes(state_dir)) == 1
-        res = run_load_sync(f"http://{cfg.groups[0].balancer.listen}/work?ms=1", 30, 2)
-        replica_ids = {r.id for r in make_provider(cfg.groups[0], state_dir).list()}
-        assert res.failed == 0 and set(res.instances) == replica_ids
+        with CliControllers(path, stop_timeout=30) as runs:
+            first = runs.start()
+            wait_for(lambda: len(containers(g, "running")) == 3, 30, what="three containers")
+            wait_for(
+                lambda: any(st["ready"] == 3 for st in read_statuses(state_dir)), 30, what="three in nginx"
+            )
+            before = {c.id for c in containers(g)}
+            runs.restart_after_sigkill(first, work_url(cfg, 1), 20)
+            time.sleep(6)  # several sync periods: long enough for duplicates to appear if adoption failed
+            after = {c.id for c in containers(g)}
+            assert after == before, f"before {before}, after {after}"
+            assert len(nginx_processes(state_dir)) == 1
+            res = run_load_sync(work_url(cfg, 1), 30, 2)
+            provider_ids = {r.id for r in make_provider(cfg.groups[0], state_dir).list()}
+            assert res.failed == 0 and set(res.instances) == provider_ids
     finally:
-        for p in (first, second):
-            if p is not None and p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                p.wait(30)
         cleanup(cfg)
 
 
@@ -243,18 +187,11 @@ def test_down_leaves_no_container_and_never_touches_a_hand_made_one(state_dir: P
     g = group_of(cfg)
     hand = client.containers.run(DEMO_IMAGE, detach=True, name=f"by-hand-{g}")  # no labels
     try:
-        once = subprocess.run(
-            [sys.executable, "-m", "tierscale", "run", path, "--once"],
-            capture_output=True,
-            text=True,
-            timeout=90,
-        )
+        once = run_tierscale("run", path, "--once", timeout=90)
         assert once.returncode == 0, once.stderr
         assert len(containers(g, "running")) == 2
         assert nginx_processes(state_dir)
-        out = subprocess.run(
-            [sys.executable, "-m", "tierscale", "down", path], capture_output=True, text=True, timeout=90
-        )
+        out = run_tierscale("down", path, timeout=90)
         assert out.returncode == 0, out.stderr
         assert "deleted 2 replica(s)" in out.stdout
         assert containers(g) == []
@@ -270,30 +207,15 @@ def test_unreachable_engine_is_reported_and_creates_nothing(state_dir: Path, cli
     cfg, path = docker_config(state_dir, min_=1, max_=1, host=f"tcp://127.0.0.1:{free_port()}")
     g = group_of(cfg)
     try:
-        out = subprocess.run(
-            [sys.executable, "-m", "tierscale", "run", path, "--once"],
-            capture_output=True,
-            text=True,
-            timeout=90,
-        )
+        out = run_tierscale("run", path, "--once", timeout=90)
         assert "Traceback" not in out.stderr, out.stderr
         assert "Docker engine unreachable at tcp://127.0.0.1:" in out.stderr, out.stderr
         assert containers(g) == []
-        gone = subprocess.run(
-            [sys.executable, "-m", "tierscale", "down", path], capture_output=True, text=True, timeout=90
-        )
+        gone = run_tierscale("down", path, timeout=90)
         assert gone.returncode == 1
         assert "Docker engine unreachable" in gone.stderr and "Traceback" not in gone.stderr, gone.stderr
     finally:
         cleanup(cfg)
-
-
-def decision_count(state_dir: Path, group: str) -> int:
-    store = EventStore(state_dir / "events.db")
-    try:
-        return len(store.decisions(group))
-    finally:
-        store.close()
 
 
 class EngineLink:
@@ -365,33 +287,31 @@ def test_engine_unreachable_keeps_serving_then_resumes_without_replacing(tmp_pat
     state_dir = tmp_path / "state"
     cfg, _ = docker_config(state_dir, min_=2, max_=2, host=f"unix://{link.path}")
     g = group_of(cfg)
-    url = f"http://{cfg.groups[0].balancer.listen}/work?ms=2"
+    url = work_url(cfg, 2)
     try:
         with BackgroundController(cfg) as bg:
             wait_for(lambda: bg.status(g)["ready"] == 2, 30, what="two ready containers")
-            before = {r["id"] for r in bg.status(g)["replicas"]}
+            before = replica_ids(bg, g)
             backends = bg.status(g)["balancer"]["backends"]
             with LoadRunner(url, 20, 8) as runner:
                 time.sleep(1)
                 link.down()
                 wait_for(lambda: not bg.status(g)["provider_ok"], 20, what="engine loss noticed")
                 assert "Docker engine unreachable" in (bg.status(g)["last_error"] or "")
-                ticks = decision_count(state_dir, g)
+                ticks = len(decisions(state_dir, g))
                 time.sleep(3)
                 # The loop ticks on, nginx stays on the last known-good replicas, and they keep serving.
-                assert decision_count(state_dir, g) > ticks
+                assert len(decisions(state_dir, g)) > ticks
                 assert bg.status(g)["balancer"]["backends"] == backends
                 link.up()
                 wait_for(lambda: bg.status(g)["provider_ok"], 30, what="engine back")
             result = runner.result(timeout=30)
             assert result.failed == 0, f"{result.status} {result.errors}"
             time.sleep(2)
-            assert {r["id"] for r in bg.status(g)["replicas"]} == before  # resumed, nothing replaced
+            assert replica_ids(bg, g) == before  # resumed, nothing replaced
             assert bg.status(g)["ready"] == 2
-        store = EventStore(state_dir / "events.db")
-        messages = [e.message for e in store.events(g, kinds=("provider_error",))]
-        created = store.events(g, kinds=("replica_created",))
-        store.close()
+        messages = [e.message for e in events(state_dir, g, "provider_error")]
+        created = events(state_dir, g, "replica_created")
         assert any("Docker engine unreachable" in m for m in messages), messages
         assert any("reachable again" in m for m in messages), messages
         assert len(created) == 2
@@ -431,21 +351,21 @@ def test_dockerd_restart_the_loop_survives_and_the_group_is_whole_again(state_di
     require(os.geteuid() == 0 and _dockerd_pid() is not None, "a local dockerd this test may restart (root)")
     cfg, _ = docker_config(state_dir, min_=2, max_=2)
     g = group_of(cfg)
-    url = f"http://{cfg.groups[0].balancer.listen}/work?ms=1"
+    url = work_url(cfg, 1)
     restarted = False
     try:
         with BackgroundController(cfg) as bg:
             wait_for(lambda: bg.status(g)["ready"] == 2, 30, what="two ready containers")
-            before = {r["id"] for r in bg.status(g)["replicas"]}
+            before = replica_ids(bg, g)
             _stop_dockerd()
             try:
                 # Engine gone (and, without live-restore, its containers with it): the loop records it and
                 # keeps ticking; health checks take the dead containers out of nginx.
                 wait_for(lambda: not bg.status(g)["provider_ok"], 20, what="engine loss noticed")
                 assert "Docker engine unreachable" in (bg.status(g)["last_error"] or "")
-                ticks = decision_count(state_dir, g)
+                ticks = len(decisions(state_dir, g))
                 time.sleep(2.5)
-                assert decision_count(state_dir, g) > ticks  # still deciding
+                assert len(decisions(state_dir, g)) > ticks  # still deciding
                 assert bg._thread is not None and bg._thread.is_alive()
                 assert len(nginx_processes(state_dir)) == 1
             finally:
@@ -457,7 +377,7 @@ def test_dockerd_restart_the_loop_survives_and_the_group_is_whole_again(state_di
                 lambda: (
                     bg.status(g)["provider_ok"]
                     and bg.status(g)["ready"] == 2
-                    and not before & {r["id"] for r in bg.status(g)["replicas"]}
+                    and not before & replica_ids(bg, g)
                 ),
                 60,
                 what="group whole again after the engine came back",
@@ -466,10 +386,8 @@ def test_dockerd_restart_the_loop_survives_and_the_group_is_whole_again(state_di
             assert len(containers(g, "running")) == 2
             res = run_load_sync(url, 20, 2)
             assert res.failed == 0, f"{res.status} {res.errors}"
-            assert set(res.instances) == {r["id"] for r in bg.status(g)["replicas"]}
-        store = EventStore(state_dir / "events.db")
-        messages = [e.message for e in store.events(g, kinds=("provider_error",))]
-        store.close()
+            assert set(res.instances) == replica_ids(bg, g)
+        messages = [e.message for e in events(state_dir, g, "provider_error")]
         assert any("Docker engine unreachable" in m for m in messages), messages
         assert any("reachable again" in m for m in messages), messages
     finally:
@@ -479,12 +397,7 @@ def test_dockerd_restart_the_loop_survives_and_the_group_is_whole_again(state_di
 
 
 def test_demo_on_the_docker_tier_scales_out_and_back_and_cleans_up(client: Any) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "tierscale", "demo", "--tier", "docker", "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    out = run_tierscale("demo", "--tier", "docker", "--quick", timeout=240)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "failed requests:                  0" in out.stdout
     peak = int(out.stdout.split("peak replicas:")[1].split()[0])

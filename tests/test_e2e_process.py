@@ -5,18 +5,28 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from e2e_helpers import nginx_processes, process_group_config, wait_for, workload_processes
+from e2e_helpers import (
+    CliControllers,
+    decisions,
+    events,
+    nginx_processes,
+    process_group_config,
+    replace_under_load,
+    replica_ids,
+    run_tierscale,
+    scale_out_and_back,
+    wait_for,
+    work_url,
+    workload_processes,
+)
 from tierscale.controller.background import BackgroundController
 from tierscale.controller.runner import down
-from tierscale.eventstore import EventStore
-from tierscale.loadgen import LoadRunner, run_load_sync
+from tierscale.loadgen import run_load_sync
 from tierscale.providers import make_provider
 from tierscale.views import read_statuses
 
@@ -39,137 +49,79 @@ def _cleanup(cfg) -> None:
 
 def test_scale_out_under_load_and_back_in_with_zero_failures(state_dir: Path) -> None:
     cfg, _ = process_group_config(state_dir, min_=1, max_=5)
-    url = f"http://{cfg.groups[0].balancer.listen}/work?ms=20"
     try:
         with BackgroundController(cfg) as bg:
-            wait_for(lambda: bg.status("web")["ready"] >= 1, 20, what="first replica ready")
 
             def rate(t: float) -> float:
                 return 4.0 if t < 3 else (30.0 if t < 25 else 2.0)
 
-            runner = LoadRunner(url, rate, 80).start()
-            try:
-                wait_for(lambda: bg.status("web")["ready"] >= 3, 30, what="≥3 ready replicas under load")
-                time.sleep(4)  # the load step lasts until t=25s: every replica ready now must get traffic
-                peak_ids = {r["id"] for r in bg.status("web")["replicas"] if r["state"] == "ready"}
-                assert len(peak_ids) >= 3
-                wait_for(
-                    lambda: bg.status("web")["desired"] == 1,
-                    60,
-                    interval=0.5,
-                    what="scale back to min after the load stops",
-                )
-                wait_for(lambda: len(bg.status("web")["replicas"]) == 1, 30, what="drained replicas removed")
-            finally:
-                runner.stop()
-            result = runner.result(timeout=30)
-        assert result.failed == 0, f"failed requests: {result.status} {result.errors}"
-        served_by = set(result.instances)
-        assert peak_ids <= served_by, f"replicas that never got traffic: {peak_ids - served_by}"
-        store = EventStore(state_dir / "events.db")
-        kinds = [e.kind for e in store.events("web")]
-        store.close()
-        assert "scaled" in kinds and "replica_drained" in kinds and "replica_deleted" in kinds
+            scale_out_and_back(bg, "web", work_url(cfg, 20), rate, 80)
     finally:
         _cleanup(cfg)
 
 
 def test_killed_replica_is_replaced_without_downtime(state_dir: Path) -> None:
     cfg, _ = process_group_config(state_dir, min_=2, max_=2)
-    url = f"http://{cfg.groups[0].balancer.listen}/work?ms=2"
     try:
         with BackgroundController(cfg) as bg:
-            wait_for(lambda: bg.status("web")["ready"] == 2, 20, what="two ready replicas")
-            before = {r["id"] for r in bg.status("web")["replicas"]}
-            victim = make_provider(cfg.groups[0], state_dir).list()[0]
-            with LoadRunner(url, 20, 12) as runner:
-                time.sleep(1)
-                os.kill(int(victim.detail["pid"]), signal.SIGKILL)
-                wait_for(
-                    lambda: (
-                        bg.status("web")["ready"] == 2
-                        and victim.id not in {r["id"] for r in bg.status("web")["replicas"]}
-                    ),
-                    20,
-                    what="replacement ready",
-                )
-            result = runner.result(timeout=30)
-            after = {r["id"] for r in bg.status("web")["replicas"]}
+            victim, before, after, result = replace_under_load(
+                bg, lambda r: os.kill(int(r.detail["pid"]), signal.SIGKILL), 20, 12, timeout=20
+            )
         assert victim.id in before and victim.id not in after and len(after) == 2
         # nginx retries an idempotent GET on the other replica, so the kill costs no client request.
         assert result.failed == 0, f"{result.status} {result.errors}"
-        store = EventStore(state_dir / "events.db")
-        replaced = [e for e in store.events("web", kinds=("replica_replaced",)) if e.replica == victim.id]
-        store.close()
+        replaced = [e for e in events(state_dir, "web", "replica_replaced") if e.replica == victim.id]
         assert replaced and replaced[0].data["reason"] == "exited"
     finally:
         _cleanup(cfg)
-
-
-def _run_cli(path: str, *args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tierscale", "run", path, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
 
 
 def test_controller_sigkill_then_restart_adopts_every_replica(state_dir: Path) -> None:
     cfg, path = process_group_config(state_dir, min_=3, max_=3)
     provider = make_provider(cfg.groups[0], state_dir)
     port_range = tuple(cfg.groups[0].template.port_range)
-    first = _run_cli(path)
-    second = None
     try:
-        wait_for(
-            lambda: len([r for r in provider.list() if r.state == "running"]) == 3, 20, what="three replicas"
-        )
-        wait_for(lambda: len(workload_processes(port_range)) == 3, 10, what="three processes")
-        wait_for(
-            lambda: any(st["ready"] == 3 for st in read_statuses(state_dir)),
-            20,
-            what="three replicas in the balancer",
-        )
-        before = {r.id for r in provider.list()}
-        first.send_signal(signal.SIGKILL)
-        first.wait(10)
-        # Replicas and the balancer outlive the controller: the service keeps answering meanwhile.
-        res = run_load_sync(f"http://{cfg.groups[0].balancer.listen}/work?ms=1", 20, 1.5)
-        assert res.failed == 0
-        second = _run_cli(path)
-        time.sleep(6)  # several sync periods: long enough for duplicates to appear if adoption failed
-        after = {r.id for r in provider.list()}
-        assert after == before, f"before {before}, after {after}"
-        assert len(workload_processes(port_range)) == 3
-        assert len(nginx_processes(state_dir)) == 1  # the adopted master, not a second one
-        res = run_load_sync(f"http://{cfg.groups[0].balancer.listen}/work?ms=1", 30, 2)
-        assert res.failed == 0 and set(res.instances) == before
+        with CliControllers(path, stop_timeout=20) as runs:
+            first = runs.start()
+            wait_for(
+                lambda: len([r for r in provider.list() if r.state == "running"]) == 3,
+                20,
+                what="three replicas",
+            )
+            wait_for(lambda: len(workload_processes(port_range)) == 3, 10, what="three processes")
+            wait_for(
+                lambda: any(st["ready"] == 3 for st in read_statuses(state_dir)),
+                20,
+                what="three replicas in the balancer",
+            )
+            before = {r.id for r in provider.list()}
+            runs.restart_after_sigkill(first, work_url(cfg, 1), 20)
+            time.sleep(6)  # several sync periods: long enough for duplicates to appear if adoption failed
+            after = {r.id for r in provider.list()}
+            assert after == before, f"before {before}, after {after}"
+            assert len(workload_processes(port_range)) == 3
+            assert len(nginx_processes(state_dir)) == 1  # the adopted master, not a second one
+            res = run_load_sync(work_url(cfg, 1), 30, 2)
+            assert res.failed == 0 and set(res.instances) == before
     finally:
-        for p in (first, second):
-            if p is not None and p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                p.wait(20)
         _cleanup(cfg)
 
 
 def test_second_controller_on_the_same_group_refuses(state_dir: Path) -> None:
     cfg, path = process_group_config(state_dir, min_=1, max_=1)
-    first = _run_cli(path)
     try:
-        wait_for(
-            lambda: (state_dir / "events.db").exists() and make_provider(cfg.groups[0], state_dir).list(),
-            20,
-            what="first controller running",
-        )
-        second = subprocess.run(
-            [sys.executable, "-m", "tierscale", "run", path], capture_output=True, text=True, timeout=30
-        )
-        assert second.returncode == 1
-        assert "already managed by another tierscale process" in second.stderr
-        assert "Traceback" not in second.stderr
+        with CliControllers(path, stop_timeout=20) as runs:
+            runs.start()
+            wait_for(
+                lambda: (state_dir / "events.db").exists() and make_provider(cfg.groups[0], state_dir).list(),
+                20,
+                what="first controller running",
+            )
+            second = run_tierscale("run", path, timeout=30)
+            assert second.returncode == 1
+            assert "already managed by another tierscale process" in second.stderr
+            assert "Traceback" not in second.stderr
     finally:
-        first.send_signal(signal.SIGTERM)
-        first.wait(20)
         _cleanup(cfg)
 
 
@@ -179,7 +131,7 @@ def test_balancer_rejected_config_is_recorded_and_last_good_keeps_serving(state_
     blocker.bind(("127.0.0.1", 0))
     blocker.listen(1)
     taken = blocker.getsockname()[1]
-    url = f"http://{cfg.groups[0].balancer.listen}/work?ms=1"
+    url = work_url(cfg, 1)
     try:
         with BackgroundController(cfg) as bg:
             wait_for(lambda: bg.status("web")["ready"] == 1, 20, what="ready replica")
@@ -205,18 +157,11 @@ def test_down_leaves_no_process_no_nginx_and_only_the_event_store(state_dir: Pat
     cfg, path = process_group_config(state_dir, min_=2, max_=2)
     port_range = tuple(cfg.groups[0].template.port_range)
     try:
-        once = subprocess.run(
-            [sys.executable, "-m", "tierscale", "run", path, "--once"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        once = run_tierscale("run", path, "--once")
         assert once.returncode == 0, once.stderr
         wait_for(lambda: len(workload_processes(port_range)) == 2, 10, what="two replicas after --once")
         assert nginx_processes(state_dir)
-        out = subprocess.run(
-            [sys.executable, "-m", "tierscale", "down", path], capture_output=True, text=True, timeout=60
-        )
+        out = run_tierscale("down", path)
         assert out.returncode == 0, out.stderr
         assert "deleted 2 replica(s)" in out.stdout
         assert workload_processes(port_range) == []
@@ -231,18 +176,11 @@ def test_dry_run_decides_but_creates_nothing(state_dir: Path) -> None:
     cfg, path = process_group_config(state_dir, min_=2, max_=3)
     port_range = tuple(cfg.groups[0].template.port_range)
     try:
-        out = subprocess.run(
-            [sys.executable, "-m", "tierscale", "run", path, "--once", "--dry-run"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        out = run_tierscale("run", path, "--once", "--dry-run")
         assert out.returncode == 0, out.stderr
         assert workload_processes(port_range) == []
-        store = EventStore(state_dir / "events.db")
-        decisions = store.decisions("web")
-        store.close()
-        assert decisions and decisions[-1].desired == 2
+        made = decisions(state_dir, "web")
+        assert made and made[-1].desired == 2
     finally:
         _cleanup(cfg)
 
@@ -256,19 +194,12 @@ def test_hung_replica_is_replaced_and_the_loop_keeps_ticking(state_dir: Path) ->
             os.kill(int(victim.detail["pid"]), signal.SIGSTOP)  # alive, but answers nothing
             hung_at = time.time()
             wait_for(
-                lambda: (
-                    victim.id not in {r["id"] for r in bg.status("web")["replicas"]}
-                    and bg.status("web")["ready"] == 2
-                ),
+                lambda: victim.id not in replica_ids(bg, "web") and bg.status("web")["ready"] == 2,
                 30,
                 what="hung replica replaced",
             )
-            store = EventStore(state_dir / "events.db")
-            ticks = [d for d in store.decisions("web") if d.ts >= hung_at]
-            unhealthy = [
-                e for e in store.events("web", kinds=("replica_unhealthy",)) if e.replica == victim.id
-            ]
-            store.close()
+            ticks = [d for d in decisions(state_dir, "web") if d.ts >= hung_at]
+            unhealthy = [e for e in events(state_dir, "web", "replica_unhealthy") if e.replica == victim.id]
         assert unhealthy and "timeout" in unhealthy[0].message
         # One decision per 1 s sync period went on while the probes of the hung replica timed out.
         span = ticks[-1].ts - ticks[0].ts

@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,18 @@ from typing import Any
 import pytest
 
 from conftest import require
-from e2e_helpers import nginx_processes, wait_for
+from e2e_helpers import (
+    CliControllers,
+    events,
+    failed_message,
+    nginx_processes,
+    replace_under_load,
+    replica_ids,
+    run_tierscale,
+    scale_out_and_back,
+    wait_for,
+    work_url,
+)
 from test_libvirt_image import (  # noqa: F401  (fixtures)
     group_domains,
     libvirtd,
@@ -34,10 +44,8 @@ from test_libvirt_image import (  # noqa: F401  (fixtures)
     vm_template,
     wait_gone,
 )
-from tierscale.config import load_config_text
 from tierscale.controller.background import BackgroundController
 from tierscale.controller.runner import down
-from tierscale.eventstore import EventStore
 from tierscale.loadgen import LoadRunner, run_load_sync
 from tierscale.providers import make_provider
 from tierscale.views import read_statuses
@@ -49,14 +57,6 @@ def _down(cfg: Any, conn: Any, group: str) -> None:
     down(cfg)
     assert wait_gone(conn, group, 30) == []
     assert not nginx_processes(Path(cfg.state_dir))
-
-
-def events(state_dir: Path, group: str, kind: str | None = None) -> list[Any]:
-    store = EventStore(state_dir / "events.db")
-    try:
-        return [e for e in store.events(group) if kind is None or e.kind == kind]
-    finally:
-        store.close()
 
 
 def test_scale_out_under_load_and_back_in_with_zero_failures(
@@ -72,34 +72,29 @@ def test_scale_out_under_load_and_back_in_with_zero_failures(
         max_=3,
         metrics="[{type: requests_per_replica, target: 3}]",
     )
-    url = f"http://{cfg.groups[0].balancer.listen}/work?ms=10"
     try:
         with BackgroundController(cfg) as bg:
-            wait_for(lambda: bg.status(vm_group)["ready"] >= 1, 60, what="first VM ready")
-
             # 1 req/s, then 9 (3 VMs' worth at 3 per VM), then 0.5. Modest on purpose: QEMU's forwarded
             # port has a listen backlog of 1, and a burst of new upstream connections while the host is
             # busy booting VMs can lose a SYN (retransmitted after 1 s, nginx's connect timeout).
             def rate(t: float) -> float:
                 return 1.0 if t < 3 else (9.0 if t < 40 else 0.5)
 
-            runner = LoadRunner(url, rate, 120).start()
-            try:
-                wait_for(lambda: bg.status(vm_group)["ready"] >= 3, 60, what="3 ready VMs under load")
-                time.sleep(4)  # the step lasts until t=40s: every VM ready now must get traffic
-                peak = {r["id"] for r in bg.status(vm_group)["replicas"] if r["state"] == "ready"}
-                assert len(peak) >= 3
+            def at_peak() -> None:
                 assert len(overlay_files(vm_group)) == len(group_domains(libvirtd, vm_group))
-                wait_for(lambda: bg.status(vm_group)["desired"] == 1, 80, interval=0.5, what="back to min")
-                wait_for(lambda: len(bg.status(vm_group)["replicas"]) == 1, 40, what="drained VMs deleted")
-            finally:
-                runner.stop()
-            result = runner.result(timeout=30)
-        bad = [(round(t, 1), code) for t, code, _ in result.timeline if code != 200]
-        assert result.failed == 0, f"failed requests: {result.status} {result.errors} at {bad[:20]}"
-        assert peak <= set(result.instances), f"VMs that never got traffic: {peak - set(result.instances)}"
-        kinds = {e.kind for e in events(state, vm_group)}
-        assert {"scaled", "replica_drained", "replica_deleted"} <= kinds
+
+            scale_out_and_back(
+                bg,
+                vm_group,
+                work_url(cfg, 10),
+                rate,
+                120,
+                first_ready=60,
+                scaled_out=60,
+                back_to_min=80,
+                removed=40,
+                at_peak=at_peak,
+            )
         # Scale-in removed the VMs and their overlays; one VM and one overlay are left.
         assert len(group_domains(libvirtd, vm_group)) == 1 and len(overlay_files(vm_group)) == 1
     finally:
@@ -112,27 +107,17 @@ def test_vm_destroyed_behind_our_back_is_replaced_without_downtime(
 ) -> None:
     state = tmp_path / "state"
     cfg, _ = vm_group_config(state, vm_group, vm_template(vm_image), min_=2, max_=2)
-    url = f"http://{cfg.groups[0].balancer.listen}/work?ms=2"
     try:
         with BackgroundController(cfg) as bg:
-            wait_for(lambda: bg.status(vm_group)["ready"] == 2, 60, what="two ready VMs")
-            victim = make_provider(cfg.groups[0], state).list()[0]
-            with LoadRunner(url, 10, 25) as runner:
-                time.sleep(1)
-                libvirtd.lookupByName(victim.detail["domain"]).destroy()  # not through tierscale
-                wait_for(
-                    lambda: (
-                        bg.status(vm_group)["ready"] == 2
-                        and victim.id not in {r["id"] for r in bg.status(vm_group)["replicas"]}
-                    ),
-                    60,
-                    what="replacement VM ready",
-                )
-            result = runner.result(timeout=30)
-            after = {r["id"] for r in bg.status(vm_group)["replicas"]}
+            victim, _, after, result = replace_under_load(
+                bg,
+                lambda r: libvirtd.lookupByName(r.detail["domain"]).destroy(),  # not through tierscale
+                10,
+                25,
+                timeout=60,
+            )
         assert victim.id not in after and len(after) == 2
-        bad = [(round(t, 1), code) for t, code, _ in result.timeline if code != 200]
-        assert result.failed == 0, f"{result.status} {result.errors} at {bad[:20]}"
+        assert result.failed == 0, failed_message(result)
         # Whichever notices first: the listing (shut off → "exited") or the health checks.
         noticed = [
             e
@@ -146,62 +131,45 @@ def test_vm_destroyed_behind_our_back_is_replaced_without_downtime(
         _down(cfg, libvirtd, vm_group)
 
 
-def _run_cli(path: str, *args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tierscale", "run", path, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-
-
 def test_controller_sigkill_then_restart_adopts_every_vm_and_down_leaves_nothing(
     tmp_path: Path, vm_group: str, vm_image: dict[str, Path], libvirtd: Any
 ) -> None:
     state = tmp_path / "state"
     cfg, path = vm_group_config(state, vm_group, vm_template(vm_image, disk=True), min_=2, max_=2)
     provider = make_provider(cfg.groups[0], state)
-    url = f"http://{cfg.groups[0].balancer.listen}/work?ms=1"
-    first = _run_cli(path)
-    second = None
+    url = work_url(cfg, 1)
     try:
-        wait_for(
-            lambda: any(st["ready"] == 2 for st in read_statuses(state)), 90, what="two VMs in the balancer"
-        )
-        before = {r.id for r in provider.list()}
-        domains = set(group_domains(libvirtd, vm_group))
-        assert len(before) == 2 and len(domains) == 2
-        first.send_signal(signal.SIGKILL)
-        first.wait(10)
-        # The VMs and the balancer outlive the controller: the service keeps answering meanwhile.
-        assert run_load_sync(url, 10, 1.5).failed == 0
-        second = _run_cli(path)
-        time.sleep(8)  # several sync periods: long enough for duplicates to appear if adoption failed
-        assert {r.id for r in provider.list()} == before
-        assert set(group_domains(libvirtd, vm_group)) == domains
-        assert len(nginx_processes(state)) == 1
-        res = run_load_sync(url, 20, 2)
-        assert res.failed == 0 and set(res.instances) == before
-        adopted = {e.replica for e in events(state, vm_group, "replica_adopted")}
-        assert adopted == before
-        second.send_signal(signal.SIGTERM)
-        assert second.wait(60) == 0
-        second = None
+        with CliControllers(path, stop_timeout=60) as runs:
+            first = runs.start()
+            wait_for(
+                lambda: any(st["ready"] == 2 for st in read_statuses(state)),
+                90,
+                what="two VMs in the balancer",
+            )
+            before = {r.id for r in provider.list()}
+            domains = set(group_domains(libvirtd, vm_group))
+            assert len(before) == 2 and len(domains) == 2
+            second = runs.restart_after_sigkill(first, url, 10)
+            time.sleep(8)  # several sync periods: long enough for duplicates to appear if adoption failed
+            assert {r.id for r in provider.list()} == before
+            assert set(group_domains(libvirtd, vm_group)) == domains
+            assert len(nginx_processes(state)) == 1
+            res = run_load_sync(url, 20, 2)
+            assert res.failed == 0 and set(res.instances) == before
+            adopted = {e.replica for e in events(state, vm_group, "replica_adopted")}
+            assert adopted == before
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(60) == 0
         assert set(group_domains(libvirtd, vm_group)) == domains  # stopping the controller keeps the VMs
 
         # `down` removes every domain, every overlay and the storage pool, and stops the balancer.
-        out = subprocess.run(
-            [sys.executable, "-m", "tierscale", "down", path], capture_output=True, text=True, timeout=120
-        )
+        out = run_tierscale("down", path, timeout=120)
         assert out.returncode == 0, out.stderr
         assert "deleted 2 replica(s)" in out.stdout
         assert group_domains(libvirtd, vm_group) == []
         assert overlay_files(vm_group) == [] and not storage_pool_exists(libvirtd, vm_group)
         assert nginx_processes(state) == []
     finally:
-        for p in (first, second):
-            if p is not None and p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                p.wait(60)
         _down(cfg, libvirtd, vm_group)
 
 
@@ -230,13 +198,16 @@ def test_guest_never_healthy_within_startup_grace_is_removed_and_replaced(
     tmp_path: Path, vm_group: str, vm_image: dict[str, Path], libvirtd: Any
 ) -> None:
     state = tmp_path / "state"
-    cfg, path = vm_group_config(
-        state, vm_group, vm_template(vm_image, disk=True), min_=1, max_=1, startup_grace="6s"
-    )
     # The guest boots fine but its health path never answers 200: it must not stay, nor pile up.
-    text = Path(path).read_text().replace("path: /healthz", "path: /no-such-page")
-    Path(path).write_text(text)
-    cfg = load_config_text(text, path)
+    cfg, _ = vm_group_config(
+        state,
+        vm_group,
+        vm_template(vm_image, disk=True),
+        min_=1,
+        max_=1,
+        startup_grace="6s",
+        health_path="/no-such-page",
+    )
     try:
         with BackgroundController(cfg):
             unhealthy = wait_for(
@@ -292,11 +263,11 @@ def test_libvirtd_restart_mid_run_the_loop_survives_and_reconnects(
     require(require_root, "root and a libvirtd started by scripts/setup/libvirt.sh (to restart it)")
     state = tmp_path / "state"
     cfg, _ = vm_group_config(state, vm_group, vm_template(vm_image), min_=2, max_=2)
-    url = f"http://{cfg.groups[0].balancer.listen}/work?ms=2"
+    url = work_url(cfg, 2)
     try:
         with BackgroundController(cfg) as bg:
             wait_for(lambda: bg.status(vm_group)["ready"] == 2, 60, what="two ready VMs")
-            before = {r["id"] for r in bg.status(vm_group)["replicas"]}
+            before = replica_ids(bg, vm_group)
             with LoadRunner(url, 10, 20) as runner:
                 pid = _libvirtd_pid()
                 assert pid is not None
@@ -308,7 +279,7 @@ def test_libvirtd_restart_mid_run_the_loop_survives_and_reconnects(
                 wait_for(lambda: bg.status(vm_group)["provider_ok"], 30, what="the loop reconnecting")
             result = runner.result(timeout=30)
             time.sleep(3)
-            after = {r["id"] for r in bg.status(vm_group)["replicas"]}
+            after = replica_ids(bg, vm_group)
             assert after == before and bg.status(vm_group)["ready"] == 2
         # The VMs never stopped serving: QEMU does not depend on the daemon that started it.
         assert result.failed == 0, f"{result.status} {result.errors}"
@@ -347,9 +318,9 @@ def test_scale_out_takes_the_warm_pool_vm_and_the_pool_goes_with_the_controller(
             gc = bg.controller.groups[vm_group]  # type: ignore[union-attr]
             bg.call(gc.set_manual, 2)
             wait_for(lambda: bg.status(vm_group)["ready"] == 2, 30, what="two ready VMs")
-            ids = {r["id"] for r in bg.status(vm_group)["replicas"]}
+            ids = replica_ids(bg, vm_group)
             assert member.removeprefix(f"tierscale-{vm_group}-") in ids  # resumed, not booted
-            res = run_load_sync(f"http://{cfg.groups[0].balancer.listen}/work?ms=1", 20, 2)
+            res = run_load_sync(work_url(cfg, 1), 20, 2)
             assert res.failed == 0 and set(res.instances) == ids
             wait_for(lambda: paused(), 60, interval=0.5, what="the pool refilled")
         # The controller stopped: its paused pool VM is gone, the two replicas keep running.

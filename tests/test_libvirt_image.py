@@ -19,8 +19,7 @@ from typing import Any
 import pytest
 
 from conftest import require
-from e2e_helpers import free_port
-from tierscale.config import load_config_text
+from e2e_helpers import group_config
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE_DIR = REPO / "build" / "images" / "vm"
@@ -196,43 +195,17 @@ def vm_template(image: dict[str, Path], disk: bool = False, **extra: Any) -> str
     return "{" + ", ".join(f"{k}: {v!r}" if " " in str(v) else f"{k}: {v}" for k, v in parts.items()) + "}"
 
 
-def vm_group_config(
-    state_dir: Path,
-    name: str,
-    template: str,
-    min_: int = 1,
-    max_: int = 3,
-    metrics: str = "[{type: requests_per_replica, target: 5}]",
-    startup_grace: str = "40s",
-    down_window: str = "4s",
-    extra: str = "",
-) -> tuple[Any, str]:
-    listen = free_port()
-    text = f"""\
-state_dir: {state_dir}
-groups:
-  - name: {name}
-    tier: libvirt
-    min: {min_}
-    max: {max_}
-    sync_period: 1s
-    template: {template}
-    health: {{path: /healthz, interval: 300ms, timeout: 1s, healthy_after: 1, unhealthy_after: 2,
-             startup_grace: {startup_grace}}}
-    metrics: {metrics}
-    cpu_initialization_period: 3s
-    initial_readiness_delay: 1s
-    behavior:
-      scale_down:
-        stabilization_window: {down_window}
-        policies: [{{type: Percent, value: 100, period: 3s}}]
-    drain_timeout: 5s
-    balancer: {{type: nginx, listen: "127.0.0.1:{listen}", algorithm: least_conn}}
-{extra}"""
-    state_dir.parent.mkdir(parents=True, exist_ok=True)
-    path = state_dir.parent / f"{name}.yaml"
-    path.write_text(text)
-    return load_config_text(text, str(path)), str(path)
+def vm_group_config(state_dir: Path, name: str, template: str, **knobs: Any) -> tuple[Any, str]:
+    """A libvirt group, sized for TCG guests; `knobs` as for e2e_helpers.group_config."""
+    defaults = {
+        "max_": 3,
+        "metrics": "[{type: requests_per_replica, target: 5}]",
+        "startup_grace": "40s",
+        "down_window": "4s",
+    }
+    return group_config(
+        state_dir, "libvirt", template, name=name, balancer="algorithm: least_conn", **(defaults | knobs)
+    )
 
 
 def wait_gone(conn: Any, group: str, timeout: float = 30.0) -> list[str]:
