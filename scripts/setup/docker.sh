@@ -52,7 +52,9 @@ if ! dockerd_running; then
     mkdir -p "$(dirname "$DOCKERD_LOG")"
     echo "setup/docker: starting dockerd in the background (log: $DOCKERD_LOG)"
     # setsid + nohup: the daemon must outlive this script, make and the shell that ran them.
-    setsid nohup dockerd >>"$DOCKERD_LOG" 2>&1 </dev/null &
+    # live-restore + no userland proxy: containers and their 127.0.0.1 ports keep serving while dockerd
+    # itself restarts (upgrades, crashes), which is what the chaos suite checks.
+    setsid nohup dockerd --live-restore --userland-proxy=false >>"$DOCKERD_LOG" 2>&1 </dev/null &
 fi
 
 for _ in $(seq "$WAIT_SECONDS"); do

@@ -200,7 +200,10 @@ groups:
         start = time.monotonic()
         why = ""
         while time.monotonic() - start < timeout:
-            ok, why = self.whole()
+            try:
+                ok, why = self.whole()
+            except Exception as exc:  # the infrastructure itself may be restarting (dockerd, libvirtd)
+                ok, why = False, f"cannot look: {exc}"[:300]
             if ok:
                 return time.monotonic() - start, ""
             self._check_controller()

@@ -164,6 +164,7 @@ class DockerTier(Tier):
     def __init__(self, group: str) -> None:
         super().__init__(group)
         self._foreign: list[tuple[str, str]] = []  # (container id, status at start)
+        self._live_restore = False
 
     def _client(self) -> Any:
         import docker
@@ -187,12 +188,16 @@ class DockerTier(Tier):
 
         return f"{{image: {DEMO_IMAGE}, port: 8080, cpus: 0.25, memory: 64m}}"
 
-    def _containers(self) -> list[Any]:
+    def _containers(self) -> list[dict[str, Any]]:
+        """One listing call (no per-container inspect, which races with removals): Id, Labels, State."""
         from tierscale.providers.docker import LABEL_GROUP
 
         c = self._client()
         try:
-            return list(c.containers.list(all=True, filters={"label": f"{LABEL_GROUP}={self.group}"}))
+            rows: list[dict[str, Any]] = c.api.containers(
+                all=True, filters={"label": f"{LABEL_GROUP}={self.group}"}
+            )
+            return rows
         finally:
             c.close()
 
@@ -200,19 +205,20 @@ class DockerTier(Tier):
         from tierscale.providers.docker import LABEL_REPLICA
 
         out: dict[str, str] = {}
-        for ct in self._containers():
-            rid = ct.labels.get(LABEL_REPLICA, "?")
+        for row in self._containers():
+            rid = (row.get("Labels") or {}).get(LABEL_REPLICA, "?")
             # Two containers claiming one replica id would be a duplicate: keep both visible.
-            key = rid if rid not in out else f"{rid}#dup-{ct.short_id}"
-            out[key] = ct.status
+            key = rid if rid not in out else f"{rid}#dup-{row['Id'][:12]}"
+            out[key] = row.get("State", "?")
         return out
 
     def _container(self, replica: str) -> Any:
         from tierscale.providers.docker import LABEL_REPLICA
 
-        for ct in self._containers():
-            if ct.labels.get(LABEL_REPLICA) == replica:
-                return ct
+        for row in self._containers():
+            if (row.get("Labels") or {}).get(LABEL_REPLICA) == replica:
+                c = self._client()
+                return c.containers.get(row["Id"])
         raise AssertionError(f"replica {replica} has no container")
 
     def kill(self, replica: str) -> None:
@@ -227,6 +233,7 @@ class DockerTier(Tier):
 
         c = self._client()
         try:
+            self._live_restore = bool(c.info().get("LiveRestoreEnabled"))
             plain = c.containers.run(DEMO_IMAGE, detach=True, name=f"chaos-foreign-{secrets.token_hex(3)}")
             other = c.containers.run(
                 DEMO_IMAGE,
@@ -252,8 +259,8 @@ class DockerTier(Tier):
                     problems.append(f"foreign container {cid[:12]} was removed")
                     continue
                 # A dockerd restart without live-restore stops every container, ours or not: that is the
-                # engine's doing, so a foreign container may only be running or exited by the daemon.
-                if ct.status not in (status, "exited"):
+                # engine's doing, so there a foreign container may also have been exited by the daemon.
+                if ct.status != status and not (ct.status == "exited" and not self._live_restore):
                     problems.append(f"foreign container {cid[:12]} is {ct.status} (was {status})")
         finally:
             c.close()
@@ -269,9 +276,13 @@ class DockerTier(Tier):
             c.close()
 
     def scrub(self) -> None:
-        for ct in self._containers():
-            with contextlib.suppress(Exception):
-                ct.remove(force=True)
+        c = self._client()
+        try:
+            for row in self._containers():
+                with contextlib.suppress(Exception):
+                    c.api.remove_container(row["Id"], force=True)
+        finally:
+            c.close()
 
     def daemon_injections(self) -> dict[str, Callable[[], None]]:
         return {"dockerd_restart": restart_dockerd}
