@@ -188,6 +188,16 @@ def part_speed(traces_dir: Path) -> None:
     )
 
 
+def select_traces(directory: Path, only: str | None, skip_wiki: bool) -> list[Path]:
+    """The trace files to run: all CSVs, or those whose name contains `only`, without the slow 28-day one."""
+    traces = sorted(directory.glob("*.csv"))
+    if only:
+        traces = [t for t in traces if only in t.name]
+    if skip_wiki:
+        traces = [t for t in traces if "wikipedia" not in t.name]
+    return traces
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--traces", type=Path, default=DEFAULT_TRACES)
@@ -195,11 +205,7 @@ def main() -> int:
     ap.add_argument("--skip-wiki", action="store_true", help="skip the 28-day hourly trace (slowest)")
     ap.add_argument("--part", choices=["all", "defaults", "predictive", "speed"], default="all")
     args = ap.parse_args()
-    traces = sorted(args.traces.glob("*.csv"))
-    if args.only:
-        traces = [t for t in traces if args.only in t.name]
-    if args.skip_wiki:
-        traces = [t for t in traces if "wikipedia" not in t.name]
+    traces = select_traces(args.traces, args.only, args.skip_wiki)
     if not traces:
         print(f"no traces under {args.traces}", file=sys.stderr)
         return 2
