@@ -373,3 +373,27 @@ def test_stop_leaves_no_nginx_process(balancer_factory, backend_factory) -> None
     assert ours == []
     with pytest.raises(OSError):
         urllib.request.urlopen(lb.url + "/_tierscale/healthz", timeout=2)
+
+
+def test_a_killed_master_is_replaced_beside_its_orphans_and_stop_reaps_every_worker(
+    balancer_factory, backend_factory
+) -> None:
+    a = backend_factory()
+    lb = balancer_factory()
+    lb.ensure_running([a.address])
+    master = psutil.Process(lb.pid)
+    orphans = master.children()
+    master.kill()
+    master.wait(5)
+    # The dead master's workers keep the port and keep serving the last config.
+    assert {p.pid for p in lb.orphan_workers()} == {p.pid for p in orphans}
+    assert get(lb.url + "/")[0] == 200
+    lb.ensure_running([a.address])  # a new master binds beside them (reuseport); they are told to quit
+    assert lb.is_running() and lb.pid != master.pid
+    assert get(lb.url + "/")[0] == 200
+    # And if the new master dies too, `stop` still leaves no worker of ours behind.
+    psutil.Process(lb.pid).kill()
+    lb.stop()
+    assert lb.orphan_workers() == []
+    with pytest.raises(OSError):
+        urllib.request.urlopen(lb.url + "/_tierscale/healthz", timeout=2)

@@ -326,24 +326,29 @@ class NginxBalancer:
             return ApplyResult(changed=True, ok=True, old_workers=old_workers)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Graceful QUIT (in-flight requests finish), then TERM, then KILL of master and workers."""
+        """Graceful QUIT (in-flight requests finish), then TERM, then KILL of master and workers, and of
+        workers orphaned by a master that died earlier (they would otherwise serve on forever)."""
         with self._lock:
             master = self._find_master()
+            procs: list[psutil.Process] = []
             if master is not None:
                 try:
                     procs = [master, *master.children()]
                 except psutil.Error:
                     procs = [master]
-                for sig, wait in ((signal.SIGQUIT, timeout), (signal.SIGTERM, 2.0), (signal.SIGKILL, 2.0)):
-                    # After a SIGKILLed master its workers would keep serving, so later signals go to
-                    # every process we saw, not only the master.
-                    targets = [master] if sig == signal.SIGQUIT else procs
-                    for p in targets:
-                        if _alive(p):
-                            with contextlib.suppress(psutil.Error):
-                                p.send_signal(sig)
-                    if self._wait_all_dead(procs, wait):
-                        break
+            orphans = self.orphan_workers()
+            procs += orphans
+            # QUIT goes to whoever leads a graceful shutdown: the master, or each orphan on its own. After
+            # a SIGKILLed master its workers would keep serving, so later signals go to every process.
+            leaders = [master] if master is not None else []
+            for sig, wait in ((signal.SIGQUIT, timeout), (signal.SIGTERM, 2.0), (signal.SIGKILL, 2.0)):
+                targets = [*leaders, *orphans] if sig == signal.SIGQUIT else procs
+                for p in targets:
+                    if _alive(p):
+                        with contextlib.suppress(psutil.Error):
+                            p.send_signal(sig)
+                if self._wait_all_dead(procs, wait):
+                    break
             self.pid_path.unlink(missing_ok=True)
 
     def reopen_logs(self) -> None:
