@@ -131,8 +131,9 @@ class CliControllers:
     def start(self, *args: str) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "tierscale", "run", self.path, *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            # Nobody reads it: a pipe would fill up and block a chatty controller mid-test.
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         self.procs.append(proc)
         return proc

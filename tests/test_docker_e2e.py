@@ -10,9 +10,7 @@ import contextlib
 import os
 import secrets
 import shutil
-import signal
 import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -21,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import docker
-import psutil
 import pytest
 
 from conftest import require
+from daemons import dockerd_pid, start_dockerd, stop_dockerd
 from e2e_helpers import (
     CliControllers,
     decisions,
@@ -50,7 +48,6 @@ from tierscale.views import read_statuses
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parent.parent
-SETUP_DOCKER = REPO / "scripts" / "setup" / "docker.sh"
 
 
 def _client() -> Any:
@@ -323,32 +320,8 @@ def test_engine_unreachable_keeps_serving_then_resumes_without_replacing(tmp_pat
 
 
 # ---- dockerd restarting under a serving group ------------------------------------------------------
-def _dockerd_pid() -> int | None:
-    with contextlib.suppress(OSError, ValueError):
-        pid = int(Path("/var/run/docker.pid").read_text().strip())
-        if psutil.pid_exists(pid):
-            return pid
-    return None
-
-
-def _stop_dockerd() -> None:
-    if Path("/run/systemd/system").is_dir():
-        subprocess.run(["systemctl", "stop", "docker.socket", "docker"], check=True, timeout=120)
-        return
-    pid = _dockerd_pid()
-    assert pid is not None, "dockerd pid file not found"
-    os.kill(pid, signal.SIGTERM)
-    psutil.Process(pid).wait(90)  # it stops the containers first (no live-restore)
-
-
-def _start_dockerd() -> None:
-    if Path("/run/systemd/system").is_dir():
-        subprocess.run(["systemctl", "start", "docker"], check=True, timeout=120)
-    subprocess.run(["bash", str(SETUP_DOCKER)], check=True, timeout=180, capture_output=True)
-
-
 def test_dockerd_restart_the_loop_survives_and_the_group_is_whole_again(state_dir: Path) -> None:
-    require(os.geteuid() == 0 and _dockerd_pid() is not None, "a local dockerd this test may restart (root)")
+    require(os.geteuid() == 0 and dockerd_pid() is not None, "a local dockerd this test may restart (root)")
     cfg, _ = docker_config(state_dir, min_=2, max_=2)
     g = group_of(cfg)
     url = work_url(cfg, 1)
@@ -360,7 +333,7 @@ def test_dockerd_restart_the_loop_survives_and_the_group_is_whole_again(state_di
             client = _client()
             live_restore = bool(client.info().get("LiveRestoreEnabled"))
             client.close()
-            _stop_dockerd()
+            stop_dockerd()
             try:
                 # Engine gone (and, without live-restore, its containers with it): the loop records it and
                 # keeps ticking; health checks take the dead containers out of nginx.
@@ -374,7 +347,7 @@ def test_dockerd_restart_the_loop_survives_and_the_group_is_whole_again(state_di
                 if live_restore:  # the containers outlive the daemon and keep serving (setup/docker.sh)
                     assert during.failed == 0, f"{during.status} {during.errors}"
             finally:
-                _start_dockerd()
+                start_dockerd()
                 restarted = True
             # With live-restore the same containers are there again and kept; without it dockerd stopped
             # them, restart policy "no" keeps them down, so the controller removes them and makes new ones.
@@ -397,7 +370,7 @@ def test_dockerd_restart_the_loop_survives_and_the_group_is_whole_again(state_di
         assert any("reachable again" in m for m in messages), messages
     finally:
         if not restarted:
-            _start_dockerd()
+            start_dockerd()
         cleanup(cfg)
 
 

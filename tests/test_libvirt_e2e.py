@@ -9,11 +9,9 @@ from __future__ import annotations
 
 # The shared fixtures are imported from test_libvirt_image; test parameters named like them are the point.
 # ruff: noqa: F811
-import contextlib
 import os
 import re
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from typing import Any
 import pytest
 
 from conftest import require
+from daemons import libvirtd_pid, start_libvirtd, stop_libvirtd
 from e2e_helpers import (
     CliControllers,
     events,
@@ -233,33 +232,11 @@ def test_guest_never_healthy_within_startup_grace_is_removed_and_replaced(
         _down(cfg, libvirtd, vm_group)
 
 
-def _libvirtd_pid() -> int | None:
-    with contextlib.suppress(OSError, ValueError):
-        pid = int(Path("/run/libvirtd.pid").read_text().strip())
-        os.kill(pid, 0)
-        return pid
-    return None
-
-
-def _start_libvirtd(conn_ok: Any) -> None:
-    if _libvirtd_pid() is None:
-        subprocess.run(["libvirtd", "-d"], check=True, timeout=30)
-    wait_for(conn_ok, 30, what="libvirtd accepting connections")
-
-
 def test_libvirtd_restart_mid_run_the_loop_survives_and_reconnects(
     tmp_path: Path, vm_group: str, vm_image: dict[str, Path], libvirtd: Any
 ) -> None:
-    import libvirt
 
-    def reachable() -> bool:
-        try:
-            libvirt.open("qemu:///system").close()
-            return True
-        except libvirt.libvirtError:
-            return False
-
-    require_root = os.geteuid() == 0 and _libvirtd_pid() is not None
+    require_root = os.geteuid() == 0 and libvirtd_pid() is not None
     require(require_root, "root and a libvirtd started by scripts/setup/libvirt.sh (to restart it)")
     state = tmp_path / "state"
     cfg, _ = vm_group_config(state, vm_group, vm_template(vm_image), min_=2, max_=2)
@@ -269,13 +246,10 @@ def test_libvirtd_restart_mid_run_the_loop_survives_and_reconnects(
             wait_for(lambda: bg.status(vm_group)["ready"] == 2, 60, what="two ready VMs")
             before = replica_ids(bg, vm_group)
             with LoadRunner(url, 10, 20) as runner:
-                pid = _libvirtd_pid()
-                assert pid is not None
-                os.kill(pid, signal.SIGTERM)  # the daemon this machine's setup started (pid file)
-                wait_for(lambda: _libvirtd_pid() is None, 30, what="libvirtd stopped")
+                stop_libvirtd()  # the daemon this machine's setup started (pid file)
                 wait_for(lambda: not bg.status(vm_group)["provider_ok"], 30, what="the loop noticing")
                 time.sleep(2)  # a few passes without libvirt
-                _start_libvirtd(reachable)
+                start_libvirtd()
                 wait_for(lambda: bg.status(vm_group)["provider_ok"], 30, what="the loop reconnecting")
             result = runner.result(timeout=30)
             time.sleep(3)
@@ -288,7 +262,7 @@ def test_libvirtd_restart_mid_run_the_loop_survives_and_reconnects(
         assert any("reachable again" in m for m in errors), errors
         assert not events(state, vm_group, "replica_replaced")
     finally:
-        _start_libvirtd(reachable)
+        start_libvirtd()
         _down(cfg, libvirtd, vm_group)
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from e2e_helpers import free_port, wait_for
+from e2e_helpers import CliControllers, events, free_port, wait_for
 from openstack_testcloud import (
     FAKE_DRIVER,
     CloudUnderTest,
@@ -96,14 +94,6 @@ def ready_ids(bg: BackgroundController, group: str) -> set[str]:
 def nova_replicas(tc: CloudUnderTest, group: str, all_projects: bool = False) -> dict[str, Any]:
     """replica id -> server, from Nova's point of view."""
     return {s.metadata["tierscale_replica"]: s for s in tc.servers(group=group, all_projects=all_projects)}
-
-
-def events(state_dir: Path, group: str, *kinds: str) -> list[Any]:
-    store = EventStore(state_dir / "events.db")
-    try:
-        return store.events(group, kinds=kinds)  # oldest first
-    finally:
-        store.close()
 
 
 def test_manual_scale_1_3_1_replace_vanished_and_down_spares_others(
@@ -235,54 +225,44 @@ def test_policy_scales_1_3_1_on_a_metric(cloud: CloudUnderTest, tmp_path: Path) 
         cloud.cleanup_group(name)
 
 
-def _run_cli(path: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tierscale", "run", str(path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
 def test_controller_sigkill_then_restart_adopts_every_server(cloud: CloudUnderTest, tmp_path: Path) -> None:
     name = cloud.group_name("adopt")
     state_dir = tmp_path / "state"
     cfg, path = write_config(cloud, state_dir, name, min_=3, max_=3)
-    first = _run_cli(path)
-    second = None
     try:
-        wait_for(
-            lambda: any(st["group"] == name and st["ready"] == 3 for st in read_statuses(state_dir)),
-            90,
-            what="three servers ready",
-        )
-        before = {rid: s.id for rid, s in nova_replicas(cloud, name).items()}
-        assert len(before) == 3
-        first.send_signal(signal.SIGKILL)
-        first.wait(10)
-        restarted_at = time.time()
-        second = _run_cli(path)
-        wait_for(
-            lambda: len([e for e in events(state_dir, name, "replica_adopted") if e.ts >= restarted_at]) == 3,
-            60,
-            what="three adoptions",
-        )
-        wait_for(
-            lambda: any(
-                st["group"] == name and st["ready"] == 3 and st["updated"] > restarted_at
-                for st in read_statuses(state_dir)
-            ),
-            60,
-            what="adopted servers ready again",
-        )
-        time.sleep(4)  # several sync periods: long enough for duplicates to appear if adoption failed
-        after = {rid: s.id for rid, s in nova_replicas(cloud, name).items()}
-        assert after == before
-        assert [e for e in events(state_dir, name, "replica_created") if e.ts >= restarted_at] == []
+        with CliControllers(str(path), stop_timeout=60) as runs:
+            first = runs.start()
+            wait_for(
+                lambda: any(st["group"] == name and st["ready"] == 3 for st in read_statuses(state_dir)),
+                90,
+                what="three servers ready",
+            )
+            before = {rid: s.id for rid, s in nova_replicas(cloud, name).items()}
+            assert len(before) == 3
+            first.send_signal(signal.SIGKILL)
+            first.wait(10)
+            restarted_at = time.time()
+            runs.start()
+            wait_for(
+                lambda: (
+                    len([e for e in events(state_dir, name, "replica_adopted") if e.ts >= restarted_at]) == 3
+                ),
+                60,
+                what="three adoptions",
+            )
+            wait_for(
+                lambda: any(
+                    st["group"] == name and st["ready"] == 3 and st["updated"] > restarted_at
+                    for st in read_statuses(state_dir)
+                ),
+                60,
+                what="adopted servers ready again",
+            )
+            time.sleep(4)  # several sync periods: long enough for duplicates to appear if adoption failed
+            after = {rid: s.id for rid, s in nova_replicas(cloud, name).items()}
+            assert after == before
+            assert [e for e in events(state_dir, name, "replica_created") if e.ts >= restarted_at] == []
     finally:
-        for p in (first, second):
-            if p is not None and p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                p.wait(60)
         down(cfg)
         cloud.cleanup_group(name)
     assert nova_replicas(cloud, name) == {}

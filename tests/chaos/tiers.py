@@ -13,17 +13,15 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import psutil
 
-REPO = Path(__file__).resolve().parents[2]
-SETUP = REPO / "scripts" / "setup"
-VM_IMAGE_DIR = REPO / "build" / "images" / "vm"
-OVERLAY_ROOT = Path("/var/lib/libvirt/images/tierscale")
+from daemons import start_dockerd, start_libvirtd, stop_dockerd, stop_libvirtd
+from test_libvirt_image import IMAGE_DIR, overlay_files, scrub_group, vm_template
+
+VM_IMAGE = {"kernel": "vmlinux", "initrd": "initrd.img", "base": "base.qcow2"}
 
 
 class Tier:
@@ -288,39 +286,14 @@ class DockerTier(Tier):
         return {"dockerd_restart": restart_dockerd}
 
 
-def _pid_from(path: str) -> int | None:
-    with contextlib.suppress(OSError, ValueError):
-        pid = int(Path(path).read_text().strip())
-        if psutil.pid_exists(pid):
-            return pid
-    return None
-
-
 def restart_dockerd() -> None:
-    pid = _pid_from("/var/run/docker.pid")
-    assert pid is not None, "dockerd pid file not found (scripts/setup/docker.sh starts it)"
-    os.kill(pid, signal.SIGTERM)
-    psutil.Process(pid).wait(120)
-    subprocess.run(["bash", str(SETUP / "docker.sh")], check=True, timeout=180, capture_output=True)
+    stop_dockerd()
+    start_dockerd()
 
 
 def restart_libvirtd() -> None:
-    pid = _pid_from("/run/libvirtd.pid")
-    assert pid is not None, "libvirtd pid file not found (scripts/setup/libvirt.sh starts it)"
-    os.kill(pid, signal.SIGTERM)
-    psutil.Process(pid).wait(60)
-    subprocess.run(["libvirtd", "-d"], check=True, timeout=30)
-    import libvirt
-
-    deadline = time.monotonic() + 30
-    while True:  # it daemonizes before its socket accepts connections
-        try:
-            libvirt.open("qemu:///system").close()
-            return
-        except libvirt.libvirtError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+    stop_libvirtd()
+    start_libvirtd()
 
 
 # ---------------------------------------------------------------------------------------------- libvirt
@@ -346,16 +319,13 @@ class LibvirtTier(Tier):
             self._conn().close()
         except Exception as exc:
             return False, f"libvirtd ({exc})"
-        missing = [n for n in ("vmlinux", "initrd.img", "base.qcow2") if not (VM_IMAGE_DIR / n).exists()]
+        missing = [n for n in VM_IMAGE.values() if not (IMAGE_DIR / n).exists()]
         if missing:
             return False, f"VM image ({', '.join(missing)} missing: run make vm-image)"
         return True, ""
 
     def template(self, port_lo: int, port_hi: int) -> str:
-        return (
-            f"{{kernel: {VM_IMAGE_DIR / 'vmlinux'}, initrd: {VM_IMAGE_DIR / 'initrd.img'}, "
-            f"base_image: {VM_IMAGE_DIR / 'base.qcow2'}, memory: 256MiB, domain_type: qemu}}"
-        )
+        return vm_template({k: IMAGE_DIR / n for k, n in VM_IMAGE.items()}, disk=True)
 
     @property
     def _prefix(self) -> str:
@@ -376,8 +346,7 @@ class LibvirtTier(Tier):
         return {d.name()[len(self._prefix) :]: names.get(d.state()[0], "other") for d in self._domains()}
 
     def leaked_disks(self, live: set[str]) -> list[str]:
-        d = OVERLAY_ROOT / self.group
-        files = sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+        files = overlay_files(self.group)
         return [f for f in files if f.removesuffix(".qcow2").removeprefix(self._prefix) not in live]
 
     def _domain(self, replica: str) -> Any:
@@ -416,25 +385,7 @@ class LibvirtTier(Tier):
                 self._conn().lookupByName(self._foreign).undefine()
 
     def scrub(self) -> None:
-        import libvirt
-
-        for d in self._domains():
-            with contextlib.suppress(libvirt.libvirtError):
-                if d.isActive():
-                    d.destroy()
-                d.undefine()
-        time.sleep(0.2)
-        conn = self._conn()
-        with contextlib.suppress(libvirt.libvirtError):
-            pool = conn.storagePoolLookupByName(f"tierscale-{self.group}")
-            if pool.isActive():
-                pool.refresh(0)
-                for vol in pool.listAllVolumes(0):
-                    vol.delete(0)
-                pool.destroy()
-            with contextlib.suppress(libvirt.libvirtError):
-                pool.delete(0)
-            pool.undefine()
+        scrub_group(self.group)
 
     def daemon_injections(self) -> dict[str, Callable[[], None]]:
         return {"libvirtd_restart": restart_libvirtd}
