@@ -716,10 +716,11 @@ class LibvirtProvider:
             return
         params = {"cpu_shares": SERVING_SHARES}
         try:
-            if dom.isActive():
-                dom.setSchedulerParametersFlags(params, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            # Definition first: whoever sees the live weight change can rely on the definition having it too.
             if dom.isPersistent():
                 dom.setSchedulerParametersFlags(params, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+            if dom.isActive():
+                dom.setSchedulerParametersFlags(params, libvirt.VIR_DOMAIN_AFFECT_LIVE)
             uuid = dom.UUIDString()
         except libvirt.libvirtError as exc:
             if error_code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
