@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -29,34 +30,65 @@ def feed(params: PredictiveParams, samples: list[tuple[float, float]]) -> Foreca
 
 
 def test_holt_update_by_hand() -> None:
-    p = PredictiveParams(alpha=0.5, beta=0.5, horizon=20.0, warmup=2)
+    p = PredictiveParams(alpha=0.5, beta=0.5, horizon=20.0, warmup=2, damping=math.inf, confirm=0)
     fs = feed(p, [(0.0, 10.0), (10.0, 20.0)])
     # predicted 10 + 0*10 = 10; level = .5*20 + .5*10 = 15; trend = .5*(15-10)/10 + .5*0 = 0.25
     assert (fs.level, fs.trend, fs.samples) == (15.0, 0.25, 2)
-    assert forecast_load(fs, p) == pytest.approx(15.0 + 0.25 * 20.0)
+    # The forecaster supplies the change; it is added to the load measured now (20), not to its level.
+    assert forecast_load(fs, p, 20.0) == pytest.approx(20.0 + 0.25 * 20.0)
     assert update_forecast(fs, 99.0, 10.0, p) is fs  # a second sample at the same time is ignored
 
 
 def test_holt_waits_for_warmup_and_follows_a_ramp() -> None:
-    p = PredictiveParams(horizon=30.0)
-    assert forecast_load(feed(p, [(0.0, 5.0), (5.0, 6.0)]), p) is None  # 2 < warmup 3
+    p = PredictiveParams(horizon=30.0, damping=math.inf)
+    assert forecast_load(feed(p, [(0.0, 5.0), (5.0, 6.0)]), p, 6.0) is None  # 2 < warmup 3
     ramp = [(t, 2.0 * t) for t in range(0, 1000, 5)]
     fs = feed(p, ramp)
     assert fs.trend == pytest.approx(2.0, rel=1e-3)
-    assert forecast_load(fs, p) == pytest.approx(2.0 * (995 + 30), rel=1e-3)
+    assert forecast_load(fs, p, 2.0 * 995) == pytest.approx(2.0 * (995 + 30), rel=1e-3)
     falling = feed(p, [(t, max(0.0, 100.0 - 5 * t)) for t in range(0, 20, 5)])
-    assert forecast_load(falling, PredictiveParams(horizon=1000.0)) == 0.0  # never a negative load
+    assert forecast_load(falling, replace(p, horizon=1000.0), 85.0) == 0.0  # never a negative load
 
 
 def test_seasonal_naive_returns_the_load_one_season_earlier() -> None:
     p = PredictiveParams(method="seasonal_naive", season=600.0, bucket=60.0, horizon=120.0)
     # Bucket k (60 s each) carries load k % 10 * 10 for two seasons, sampled every 5 s.
     fs = feed(p, [(float(t), float((t // 60) % 10 * 10)) for t in range(0, 1200, 5)])
-    # Last sample at t = 1195 (bucket 19); 1195 + 120 - 600 = 715 -> bucket 11 -> 10.
-    assert forecast_load(fs, p) == pytest.approx(10.0)
+    # Last sample at t = 1195 (bucket 19, load 90). A season earlier the load went from 90 (t = 595, bucket 9)
+    # to 10 (1195 + 120 - 600 = 715, bucket 11) over the horizon: the same change today, 90 -> 10.
+    assert forecast_load(fs, p, 90.0) == pytest.approx(10.0)
+    assert forecast_load(fs, p, 45.0) == pytest.approx(5.0)  # relative: today's load is half last season's
     young = feed(p, [(float(t), 1.0) for t in range(0, 300, 5)])
-    assert forecast_load(young, p) is None  # less than a season of history
+    assert forecast_load(young, p, 1.0) is None  # less than a season of history
     assert len(fs.buckets) <= math.ceil((600 + 120) / 60) + 2  # history stays bounded
+
+
+def test_damping_caps_how_far_the_trend_reaches() -> None:
+    ramp = [(float(t), 2.0 * t) for t in range(0, 1000, 5)]
+    undamped = PredictiveParams(horizon=65.0, damping=math.inf)
+    damped = PredictiveParams(horizon=65.0, damping=15.0)
+    fs = feed(damped, ramp)
+    now = 2.0 * 995
+    assert forecast_load(fs, undamped, now) == pytest.approx(now + 2.0 * 65, rel=1e-3)
+    # reach = 15 * (1 - e^(-65/15)) = 14.80 s of trend instead of 65
+    assert forecast_load(fs, damped, now) == pytest.approx(now + 2.0 * 15 * -math.expm1(-65 / 15), rel=1e-3)
+    # A short horizon is barely damped: 8 s ahead reaches 6.2 s.
+    short = PredictiveParams(horizon=8.0, damping=15.0)
+    assert forecast_load(fs, short, now) == pytest.approx(now + 2.0 * 15 * -math.expm1(-8 / 15), rel=1e-3)
+
+
+def test_confirm_ignores_a_single_step_but_follows_a_ramp() -> None:
+    p = PredictiveParams(horizon=30.0, confirm=4)
+    # One step from 100 to 200, then flat: Holt's trend is still positive 10 s later, but only one of the
+    # last four sample-to-sample steps rose, so the forecast is the load measured now.
+    step = feed(p, [(float(t), 100.0 if t < 50 else 200.0) for t in range(0, 65, 5)])
+    assert step.trend > 0 and step.recent == (100.0, 100.0, 200.0, 200.0, 200.0)
+    assert forecast_load(step, p, 200.0) == 200.0
+    assert forecast_load(step, replace(p, confirm=0), 200.0) > 200.0  # unconfirmed: the step's trend counts
+    # A ramp with one dip among the last four steps still counts as rising (3 of 4 rose).
+    dip = [(50.0, 44.0), (55.0, 56.0), (60.0, 61.0)]
+    ramp = feed(p, [(float(t), float(t)) for t in range(0, 50, 5)] + dip)
+    assert forecast_load(ramp, p, 61.0) > 61.0
 
 
 def test_seasonal_history_marks_a_gap_as_unknown() -> None:
@@ -118,6 +150,40 @@ def test_no_scale_in_on_a_forecast_alone() -> None:
     assert broken.desired == 4 and "load not measured" in broken.reason
 
 
+def cpu_snap(t: float, per_replica_milli: float, current: int) -> GroupSnapshot:
+    # Replicas up for long (no CPU readiness rules), 1000m each.
+    reps = tuple(ReplicaStatus(f"r{i}", "running", True, -1000.0, -1000.0, 1000) for i in range(current))
+    cpu = MetricInput("cpu", "resource", 68.0, {r.id: per_replica_milli for r in reps}, sample_time=t)
+    return GroupSnapshot(t, current, 1, 50, reps, (cpu,))
+
+
+def test_a_flat_forecast_asks_for_what_the_metric_does() -> None:
+    # 24 replicas at 68.6 %: HPA truncates to 68 % and keeps 24, although 24 * 68.6 / 68 = 24.2. A forecast
+    # of the same load must not ask for 25 through different arithmetic.
+    hpa = HpaParams(tolerance=0.0)
+    params = PredictiveParams(horizon=8.0)
+    state = PolicyState()
+    for t in range(0, 100, 5):
+        decision, state = decide_predictive(hpa, params, cpu_snap(float(t), 686.0, 24), state)
+    reactive, _ = decide_hpa(hpa, cpu_snap(100.0, 686.0, 24), state)
+    decision, _ = decide_predictive(hpa, params, cpu_snap(100.0, 686.0, 24), state)
+    assert reactive.desired == 24 and decision.desired == 24
+    assert "not above 24" in decision.reason
+
+
+def test_no_raise_right_after_a_drop() -> None:
+    # Holt's level still remembers the higher load a few samples after a drop; the forecast must not.
+    params = PredictiveParams(horizon=8.0)
+    state = PolicyState()
+    for t in range(0, 100, 5):
+        _, state = decide_predictive(HpaParams(), params, snap_at(float(t), 100.0, 10), state)
+    decision, state = decide_predictive(HpaParams(), params, snap_at(100.0, 60.0, 10), state)
+    assert state.forecast is not None and state.forecast.level == pytest.approx(80.0)
+    assert "raises" not in decision.reason and not any(
+        p.metric == "forecast" and p.replicas and p.replicas > 6 for p in decision.proposals
+    )
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     current=st.integers(1, 20),
@@ -177,6 +243,14 @@ def test_predictive_config_and_horizon() -> None:
         300.0,
         "requests_per_replica",
     )
+    assert (p.damping, p.confirm) == (15.0, 6)
+    tuned = HEAD + "    policy: predictive\n    forecast: {damping: none, confirm: 0}\n"
+    p3 = predictive_params(load_config_text(tuned, "c.yaml").groups[0])
+    assert (p3.damping, p3.confirm) == (math.inf, 0)
+    p4 = predictive_params(
+        load_config_text(HEAD + "    policy: predictive\n    forecast: {damping: 1m}\n", "c.yaml").groups[0]
+    )
+    assert p4.damping == 60.0
     auto = HEAD + "    policy: predictive\n    forecast: {horizon: auto}\n"
     assert predictive_params(load_config_text(auto, "c.yaml").groups[0]).horizon == 8.0
 
@@ -209,6 +283,14 @@ def test_predictive_config_and_horizon() -> None:
         (
             "    policy: predictive\n    forecast: {season: 1h, bucket: 40m}\n",
             "c.yaml:8: groups[0].forecast.bucket: must be at most half the season (3600s)",
+        ),
+        (
+            "    policy: predictive\n    forecast: {damping: 0s}\n",
+            "c.yaml:8: groups[0].forecast.damping: must be > 0",
+        ),
+        (
+            "    policy: predictive\n    forecast: {confirm: -1}\n",
+            "c.yaml:8: groups[0].forecast.confirm: must be >= 0",
         ),
         ("    policy: magic\n", "c.yaml:7: groups[0].policy: must be one of: hpa, threshold, predictive"),
     ],

@@ -14,6 +14,7 @@ the user sees `groups[0].max: must be >= min (1)` and not an error on the whole 
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import shlex
 import zoneinfo
@@ -481,6 +482,11 @@ def _horizon(value: Any) -> Any:
     return None if value in (None, "auto") else _duration(value)
 
 
+def _damping(value: Any) -> Any:
+    # `none`: an undamped linear trend, as far ahead as the horizon reaches.
+    return math.inf if value == "none" else _duration(value)
+
+
 class ForecastConfig(_Model):
     """How `policy: predictive` forecasts the load (see policy/predictive.py)."""
 
@@ -491,6 +497,8 @@ class ForecastConfig(_Model):
     beta: Annotated[StrictFloat, Field(ge=0, le=1)] = 0.2
     season: PositiveDuration = 86400.0
     bucket: PositiveDuration = 60.0
+    damping: Annotated[float, BeforeValidator(_damping), Field(gt=0)] = 15.0
+    confirm: Annotated[StrictInt, Field(ge=0, le=100)] = 6
 
     @field_validator("horizon")
     @classmethod

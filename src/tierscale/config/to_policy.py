@@ -67,6 +67,8 @@ def predictive_params(group: GroupBase, provisioning_delay: float | None = None)
         season=f.season,
         bucket=f.bucket,
         metric=f.metric,
+        damping=f.damping,
+        confirm=f.confirm,
     )
 
 

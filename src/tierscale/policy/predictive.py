@@ -17,6 +17,7 @@ Pure: no I/O, no clock. The forecaster's memory (level, trend, seasonal buckets)
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -55,6 +56,13 @@ class PredictiveParams:
     bucket: float = 60.0  # seasonal_naive: resolution of the remembered history
     metric: str | None = None  # which metric's load to forecast; None: the first cpu/total metric
     warmup: int = 3  # samples before Holt's forecast is trusted
+    # Holt: how far the trend reaches. A linear trend projected a minute ahead is overconfident (damped
+    # trend, Gardner & McKenzie 1985): its effect fades with this time constant, seconds (inf: never).
+    damping: float = 15.0
+    # Holt: a rise counts only when most of the last `confirm` sample-to-sample steps rose (0: always).
+    # A load that jumped once and stays flat leaves Holt's trend positive for a minute, and the extra
+    # replica it asks for then stays, since HPA's ceil(ratio * current) holds either count.
+    confirm: int = 6
 
 
 @dataclass(frozen=True)
@@ -115,32 +123,58 @@ def update_forecast(
     """Fold one load sample taken at `now` into the forecaster (irregular spacing is fine)."""
     if fs is None:
         b = math.floor(now / params.bucket)
-        return ForecastState(y, 0.0, now, 1, (), b, b, y, 1)
+        return ForecastState(y, 0.0, now, 1, (), b, b, y, 1, recent=(y,) if params.confirm else ())
     dt = now - fs.t
     if dt <= 0:
         return fs
     predicted = fs.level + fs.trend * dt
     level = params.alpha * y + (1 - params.alpha) * predicted
     trend = params.beta * (level - fs.level) / dt + (1 - params.beta) * fs.trend
-    out = replace(fs, level=level, trend=trend, t=now, samples=fs.samples + 1)
+    recent = (*fs.recent, y)[-(params.confirm + 1) :] if params.confirm else ()
+    out = replace(fs, level=level, trend=trend, t=now, samples=fs.samples + 1, recent=recent)
     if params.method == "seasonal_naive":
         out = _fold_bucket(out, y, now, params)
     return out
 
 
-def forecast_load(fs: ForecastState | None, params: PredictiveParams) -> float | None:
-    """The load expected `params.horizon` seconds after the last sample; None while it cannot say."""
-    if fs is None:
-        return None
-    if params.method == "holt":
-        if fs.samples < params.warmup:
-            return None
-        return max(0.0, fs.level + fs.trend * params.horizon)
-    target = fs.t + params.horizon - params.season
-    i = math.floor(target / params.bucket) - fs.first_bucket
+def _rising(recent: tuple[float, ...]) -> bool:
+    # Most steps up, not one jump: a load that stepped once and stays flat is served by the reactive count.
+    steps = [b - a for a, b in itertools.pairwise(recent)]
+    return len(steps) > 0 and sum(d > 0 for d in steps) * 2 > len(steps)
+
+
+def _season_value(fs: ForecastState, t: float, params: PredictiveParams) -> float | None:
+    i = math.floor(t / params.bucket) - fs.first_bucket
     if 0 <= i < len(fs.buckets) and not math.isnan(fs.buckets[i]):
         return fs.buckets[i]
     return None
+
+
+def forecast_load(fs: ForecastState | None, params: PredictiveParams, current: float) -> float | None:
+    """The load expected `params.horizon` seconds after the last sample, whose load was `current`;
+    None while the forecaster cannot say.
+
+    The forecaster only supplies the expected *change*, applied to the load measured now: Holt's level
+    trails a step by a few samples, and a forecast built on it would still ask for the old load after a
+    drop. A flat forecast is therefore exactly the current load, and only an expected rise adds to it.
+    """
+    if fs is None:
+        return None
+    h = params.horizon
+    if params.method == "holt":
+        if fs.samples < params.warmup:
+            return None
+        reach = h if math.isinf(params.damping) else params.damping * -math.expm1(-h / params.damping)
+        rise = fs.trend * reach
+        if rise > 0 and params.confirm and not _rising(fs.recent):
+            rise = 0.0
+        return max(0.0, current + rise)
+    # Seasonal: the change over the next `horizon` one season ago, applied to today's load.
+    then = _season_value(fs, fs.t + h - params.season, params)
+    before = _season_value(fs, fs.t - params.season, params)
+    if then is None or before is None:
+        return None
+    return max(0.0, current * then / before if before > 0 else current + then - before)
 
 
 def _fmt(x: float) -> str:
@@ -166,19 +200,32 @@ def decide_predictive(
     if all(p.replicas is None for p in reactive.proposals):
         # No valid reactive metric: never act on a forecast alone.
         return done(reactive, reactive_state, "forecast not used without a valid metric")
-    predicted = forecast_load(fs, params)
+    predicted = forecast_load(fs, params, load.value)
     if predicted is None:
         return done(reactive, reactive_state, "forecast: warming up")
-    need = math.ceil(round(predicted / load.per_replica, 9))
-    head = f"forecast {load.metric} {_fmt(predicted)} in {_fmt(params.horizon)}s → {need}"
-    if need <= reactive.recommended:
-        return done(reactive, reactive_state, f"{head}, not above {reactive.recommended}")
-    extra = MetricInput(FORECAST_METRIC, "total", load.per_replica, total=predicted)
+    m = _pick(params, snap)
+    if m is None or not load.value > 0:
+        return done(reactive, reactive_state, "forecast: no load to scale from")
+    # The forecast enters as the observed metric scaled by the expected change, so it goes through the very
+    # maths of the reactive proposal (whole-percent utilization, readiness rules): a flat forecast asks for
+    # exactly what the metric does, and only a rise asks for more.
+    extra = _scaled(m, predicted / load.value)
     # No tolerance band here: it exists to ignore noise in a measurement, and the forecast is already
     # smoothed. With it, a forecast within 10 % of the current count would be dropped, which costs a
     # steady ramp one replica of lead. The result is still >= the reactive one: the largest proposal is
-    # at least `need`, which is above the reactive recommendation.
+    # at least the forecast's, which is above the reactive recommendation.
     raised, raised_state = decide_hpa(
         replace(hpa, tolerance=0.0), replace(snap, metrics=(*snap.metrics, extra)), state
     )
-    return done(raised, raised_state, f"{head} raises {reactive.recommended}")
+    need = next((p.replicas for p in raised.proposals if p.metric == FORECAST_METRIC), None)
+    head = f"forecast {load.metric} {_fmt(predicted)} in {_fmt(params.horizon)}s"
+    if need is None or need <= reactive.recommended:
+        return done(reactive, reactive_state, f"{head}, not above {reactive.recommended}")
+    return done(raised, raised_state, f"{head} → {need} raises {reactive.recommended}")
+
+
+def _scaled(m: MetricInput, factor: float) -> MetricInput:
+    if m.kind == "total":
+        return replace(m, name=FORECAST_METRIC, total=None if m.total is None else m.total * factor)
+    values = {k: None if v is None else v * factor for k, v in m.per_replica.items()}
+    return replace(m, name=FORECAST_METRIC, per_replica=values)

@@ -127,6 +127,7 @@ class ForecastState:
     open_bucket: int = 0
     open_sum: float = 0.0
     open_n: int = 0
+    recent: tuple[float, ...] = ()  # the last few samples, oldest first (Holt's rise must be confirmed)
 
 
 @dataclass(frozen=True)
