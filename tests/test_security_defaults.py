@@ -177,8 +177,10 @@ def test_state_files_are_private(run: Run) -> None:
     assert any(p.name == "events.db" for p in private) and any(p.suffix == ".json" for p in private), modes
     assert any(p.name == "controller.lock" for p in private), modes
     assert all(m == 0o600 for m in private.values()), {str(p): oct(m) for p, m in private.items()}
-    # Nothing anyone else could change; the 0700 state dir keeps the rest (nginx's logs) from being read.
-    assert not [p for p, m in modes.items() if m & 0o022], {str(p): oct(m) for p, m in modes.items()}
+    # Nothing anyone else could read or change, nginx's config, logs and pid file included (its logs hold
+    # client addresses and paths): the 0700 state dir is not the only guard.
+    assert any(p.name == "access.log" for p in modes) and any(p.suffix == ".conf" for p in modes), modes
+    assert not [p for p, m in modes.items() if m & 0o077], {str(p): oct(m) for p, m in modes.items()}
 
 
 # ---------------------------------------------------------------------------------------------- config

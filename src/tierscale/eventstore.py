@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tierscale.policy.types import Decision
+from tierscale.private_dirs import make_private_dir
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ class DecisionRecord:
 class EventStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dir(self.path.parent)
         if not self.path.exists():
             fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
             os.close(fd)

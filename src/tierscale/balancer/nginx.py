@@ -37,6 +37,8 @@ from typing import Literal
 
 import psutil
 
+from tierscale.private_dirs import make_private_dir
+
 Algorithm = Literal["round_robin", "least_conn"]
 ALGORITHMS: tuple[str, ...] = ("round_robin", "least_conn")
 
@@ -406,7 +408,7 @@ class NginxBalancer:
 
     def _make_dirs(self) -> None:
         for sub in ("conf", "logs", "tmp"):
-            (self.prefix / sub).mkdir(parents=True, exist_ok=True)
+            make_private_dir(self.prefix / sub)
 
     def _find_master(self) -> psutil.Process | None:
         """Our master: pid file first, else a process scan (the pid file may have been deleted)."""
@@ -495,6 +497,7 @@ class NginxBalancer:
                 env=env,
                 timeout=timeout,
                 start_new_session=True,  # a Ctrl-C to the controller's process group must not reach nginx
+                umask=0o077,  # its logs (client addresses, paths) and pid file: for the owner only
                 check=False,
             )
             out.seek(0)
@@ -637,7 +640,7 @@ class NginxBalancer:
     def _write_atomic(path: Path, text: str) -> None:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            with open(tmp, "w") as f:
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
                 f.write(text)
                 f.flush()
                 os.fsync(f.fileno())

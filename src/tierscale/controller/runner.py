@@ -28,6 +28,7 @@ from tierscale.controller.group import GroupController, GroupSettings
 from tierscale.controller.observe import MetricSpec
 from tierscale.controller.telemetry import Telemetry
 from tierscale.eventstore import EventStore
+from tierscale.private_dirs import make_private_dir
 from tierscale.providers import Provider, make_provider
 
 log = logging.getLogger("tierscale.controller")
@@ -94,7 +95,7 @@ def make_balancer(group: Any, state_dir: Path) -> NginxBalancer | None:
 def group_lock(state_dir: Path, group: str) -> Iterator[None]:
     """One controller per group: a second `run` (or a `down` during a run) refuses with a clear message."""
     d = group_dir(state_dir, group)
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private_dir(d)
     path = d / "controller.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -131,7 +132,7 @@ class Controller:
         self.api_token = api_token  # None: read from api.token_env when the server starts
         self.config = config
         self.state_dir = Path(config.state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dir(self.state_dir)
         self.store = EventStore(self.state_dir / "events.db")
         self.clock = clock or WallClock()
         self.telemetry = telemetry or Telemetry()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import psutil
 
+from tierscale.private_dirs import make_private_dir
 from tierscale.providers.base import ProviderError, Replica, ReplicaState, ReplicaStats
 
 
@@ -155,7 +156,7 @@ class ProcessProvider:
         (self.dir / f"{replica_id}.log").unlink(missing_ok=True)
 
     def _create(self, replica_id: str) -> Replica:
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dir(self.dir)
         port = self._pick_port()
         argv = [part.replace("{port}", str(port)).replace("{replica}", replica_id) for part in self.command]
         env = {**os.environ, **self.env, "TIERSCALE_REPLICA": replica_id, "TIERSCALE_GROUP": self.group}
