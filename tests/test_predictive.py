@@ -289,6 +289,11 @@ def test_predictive_config_and_horizon() -> None:
             "c.yaml:8: groups[0].forecast.damping: must be > 0",
         ),
         (
+            "    policy: predictive\n    forecast: {damping: fast}\n",
+            "c.yaml:8: groups[0].forecast.damping: expected a duration like 500ms, 15s, 2m (got 'fast')"
+            " or none",
+        ),
+        (
             "    policy: predictive\n    forecast: {confirm: -1}\n",
             "c.yaml:8: groups[0].forecast.confirm: must be >= 0",
         ),

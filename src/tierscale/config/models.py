@@ -484,7 +484,12 @@ def _horizon(value: Any) -> Any:
 
 def _damping(value: Any) -> Any:
     # `none`: an undamped linear trend, as far ahead as the horizon reaches.
-    return math.inf if value == "none" else _duration(value)
+    if value == "none":
+        return math.inf
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise problem(f"{exc} or none") from None
 
 
 class ForecastConfig(_Model):
