@@ -23,8 +23,21 @@ def require(available: bool, component: str) -> None:
     pytest.skip(f"{component} not available")
 
 
+NGINX = shutil.which(
+    "nginx", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
+)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _nginx_present() -> None:
     # Nearly every end-to-end test needs nginx; say so once and clearly rather than in 30 tracebacks.
-    if not (shutil.which("nginx") or os.path.exists("/usr/sbin/nginx")) and IN_CI:
+    if NGINX is None and IN_CI:
         pytest.fail("nginx is required in CI: run scripts/setup-host.sh", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def nginx_bin() -> str:
+    """The nginx binary, for tests that drive a balancer directly."""
+    require(NGINX is not None, "nginx")
+    assert NGINX is not None
+    return NGINX

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import threading
 import time
@@ -18,9 +17,6 @@ import pytest
 from tierscale.balancer import AccessLogReader, NginxBalancer
 
 NOW = 1_800_000_000.0
-NGINX = shutil.which(
-    "nginx", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
-)
 
 
 def line(
@@ -151,15 +147,6 @@ def test_memory_is_bounded_by_window(tmp_path: Path) -> None:
 
 
 # ---- the real thing ------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def nginx_bin() -> str:
-    if NGINX is None:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail("nginx is required when CI=true")
-        pytest.skip("nginx is not installed")
-    return NGINX
 
 
 @pytest.fixture

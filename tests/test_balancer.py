@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -24,20 +22,6 @@ import psutil
 import pytest
 
 from tierscale.balancer import BalancerError, NginxBalancer
-
-NGINX = shutil.which(
-    "nginx", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
-)
-
-
-@pytest.fixture(scope="module")
-def nginx_bin() -> str:
-    if NGINX is None:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail("nginx is required when CI=true")
-        pytest.skip("nginx is not installed")
-    return NGINX
-
 
 # ---- tiny JSON backends ------------------------------------------------------------------------------
 

@@ -118,6 +118,7 @@ class ChaosRun:
     def _mount_state(self) -> None:
         self.state.mkdir(parents=True, exist_ok=True)
         if os.geteuid() != 0:
+            self._no_tmpfs("not root")
             return
         # A small tmpfs as the state dir, so "the disk is full" can be made true without touching the host.
         done = subprocess.run(
@@ -128,7 +129,13 @@ class ChaosRun:
         )
         self.tmpfs = done.returncode == 0
         if not self.tmpfs:
-            self.log(f"  (no tmpfs for the state dir: {done.stderr.strip()}; disk_full skipped)")
+            self._no_tmpfs(done.stderr.strip())
+
+    def _no_tmpfs(self, why: str) -> None:
+        # In CI (root, a fresh machine) the full-disk injection must run: a silent skip would hide breakage.
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            raise RuntimeError(f"no tmpfs for the chaos state dir in CI ({why}): disk_full cannot run")
+        self.log(f"  (no tmpfs for the state dir: {why}; disk_full skipped)")
 
     def _write_config(self) -> Path:
         lo, hi = port_block(40)
