@@ -171,6 +171,18 @@ def test_a_flat_forecast_asks_for_what_the_metric_does() -> None:
     assert "not above 24" in decision.reason
 
 
+def test_a_flat_forecast_keeps_the_tolerance_band() -> None:
+    # 10 replicas at 72 % against 68 %: within HPA's default 10 % tolerance, so the count stays. The
+    # forecast proposal is computed without a band; with no rise expected it must not add one replica.
+    params = PredictiveParams(horizon=8.0)
+    state = PolicyState()
+    for t in range(0, 100, 5):
+        _, state = decide_predictive(HpaParams(), params, cpu_snap(float(t), 720.0, 10), state)
+    decision, _ = decide_predictive(HpaParams(), params, cpu_snap(100.0, 720.0, 10), state)
+    assert decide_hpa(HpaParams(), cpu_snap(100.0, 720.0, 10), state)[0].desired == 10
+    assert decision.desired == 10 and "not above 10" in decision.reason
+
+
 def test_no_raise_right_after_a_drop() -> None:
     # Holt's level still remembers the higher load a few samples after a drop; the forecast must not.
     params = PredictiveParams(horizon=8.0)

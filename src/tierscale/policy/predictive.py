@@ -70,6 +70,7 @@ class Load:
     metric: str
     value: float  # group-wide total
     per_replica: float  # what one replica should carry at the metric's target
+    source: MetricInput  # the measurement it was read from (the forecast proposal is a scaled copy)
 
 
 def _pick(params: PredictiveParams, snap: GroupSnapshot) -> MetricInput | None:
@@ -89,13 +90,13 @@ def observed_load(params: PredictiveParams, snap: GroupSnapshot) -> Load | None:
     if m.kind == "total":
         if m.total is None:
             return None
-        return Load(m.name, m.total, m.target)
+        return Load(m.name, m.total, m.target, m)
     allot = {r.id: r.cpu_allotment_milli for r in snap.replicas}
     values = [(v, allot.get(k) or 1000) for k, v in m.per_replica.items() if v is not None]
     if not values:
         return None
     mean_allotment = sum(a for _, a in values) / len(values)
-    return Load(m.name, sum(v for v, _ in values), m.target / 100.0 * mean_allotment)
+    return Load(m.name, sum(v for v, _ in values), m.target / 100.0 * mean_allotment, m)
 
 
 def _history_len(params: PredictiveParams) -> int:
@@ -203,13 +204,16 @@ def decide_predictive(
     predicted = forecast_load(fs, params, load.value)
     if predicted is None:
         return done(reactive, reactive_state, "forecast: warming up")
-    m = _pick(params, snap)
-    if m is None or not load.value > 0:
+    head = f"forecast {load.metric} {_fmt(predicted)} in {_fmt(params.horizon)}s"
+    if not load.value > 0:
         return done(reactive, reactive_state, "forecast: no load to scale from")
+    if predicted <= load.value:
+        # No rise expected: the reactive decision stands (and HPA is not run a second time each pass).
+        return done(reactive, reactive_state, f"{head}, not above {reactive.recommended}")
     # The forecast enters as the observed metric scaled by the expected change, so it goes through the very
-    # maths of the reactive proposal (whole-percent utilization, readiness rules): a flat forecast asks for
-    # exactly what the metric does, and only a rise asks for more.
-    extra = _scaled(m, predicted / load.value)
+    # maths of the reactive proposal (whole-percent utilization, readiness rules): only a rise asks for
+    # more than the metric does.
+    extra = _scaled(load.source, predicted / load.value)
     # No tolerance band here: it exists to ignore noise in a measurement, and the forecast is already
     # smoothed. With it, a forecast within 10 % of the current count would be dropped, which costs a
     # steady ramp one replica of lead. The result is still >= the reactive one: the largest proposal is
@@ -218,7 +222,6 @@ def decide_predictive(
         replace(hpa, tolerance=0.0), replace(snap, metrics=(*snap.metrics, extra)), state
     )
     need = next((p.replicas for p in raised.proposals if p.metric == FORECAST_METRIC), None)
-    head = f"forecast {load.metric} {_fmt(predicted)} in {_fmt(params.horizon)}s"
     if need is None or need <= reactive.recommended:
         return done(reactive, reactive_state, f"{head}, not above {reactive.recommended}")
     return done(raised, raised_state, f"{head} → {need} raises {reactive.recommended}")
