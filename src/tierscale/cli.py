@@ -82,9 +82,10 @@ def run(file: str, dry_run: bool, once: bool, log_format: str, verbose: bool) ->
     """Run the controller in the foreground."""
     cfg = load_or_exit(file)
     setup_logging(log_format, verbose)
-    from tierscale.balancer.nginx import BalancerError
-    from tierscale.controller.runner import ControllerError, run_controller
+    from tierscale.balancer.base import BalancerError
+    from tierscale.controller.locks import ControllerError
     from tierscale.providers import ProviderError
+    from tierscale.service import run_controller
 
     try:
         sys.exit(run_controller(cfg, dry_run=dry_run, once=once))
@@ -231,8 +232,8 @@ def resume(group: str, api: str | None, config: str | None) -> None:
 def down(file: str) -> None:
     """Delete every replica the file's groups own and stop their balancers."""
     cfg = load_or_exit(file)
-    from tierscale.controller.runner import ControllerError
-    from tierscale.controller.runner import down as do_down
+    from tierscale.controller.down import down as do_down
+    from tierscale.controller.locks import ControllerError
     from tierscale.providers import ProviderError
 
     try:

@@ -20,9 +20,9 @@ from rich.panel import Panel
 from rich.text import Text
 
 from tierscale.config import load_config_text
-from tierscale.controller.background import BackgroundController
-from tierscale.controller.runner import down
+from tierscale.controller.down import down
 from tierscale.loadgen import LoadRunner, format_result
+from tierscale.service import BackgroundController
 from tierscale.views import render_status_table
 
 GROUP = "demo"

@@ -251,3 +251,39 @@ class EventStore:
         with self._tx() as db:
             db.execute("DELETE FROM decisions WHERE ts < ?", (older_than,))
             db.execute("DELETE FROM events WHERE ts < ?", (older_than,))
+
+
+def history_rows(
+    store: EventStore, group: str | None, since: float | None, limit: int
+) -> list[dict[str, Any]]:
+    """Events and count-changing decisions, merged in time order (the newest `limit` of them)."""
+    rows: list[dict[str, Any]] = [
+        {
+            "ts": e.ts,
+            "group": e.group,
+            "type": "event",
+            "kind": e.kind,
+            "replica": e.replica,
+            "message": e.message,
+            "data": e.data,
+        }
+        for e in store.events(group, since, limit)
+    ]
+    rows += [
+        {
+            "ts": d.ts,
+            "group": d.group,
+            "type": "decision",
+            "kind": "decision",
+            "policy": d.policy,
+            "current": d.current,
+            "desired": d.desired,
+            "recommended": d.recommended,
+            "limits": d.limits,
+            "message": d.reason,
+            "proposals": d.proposals,
+        }
+        for d in store.decisions(group, since, limit, changes_only=True)
+    ]
+    rows.sort(key=lambda r: r["ts"])
+    return rows[-limit:]

@@ -15,7 +15,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from tierscale.eventstore import EventStore
+from tierscale.eventstore import EventStore, history_rows
 
 STATE_STYLE = {
     "ready": "green",
@@ -210,42 +210,6 @@ def watch_status(state_dir: Path, interval: float = 1.0, events: int = 8) -> Non
                 live.update(frame())
         except KeyboardInterrupt:
             pass
-
-
-def history_rows(
-    store: EventStore, group: str | None, since: float | None, limit: int
-) -> list[dict[str, Any]]:
-    """Events and count-changing decisions, merged in time order (the newest `limit` of them)."""
-    rows: list[dict[str, Any]] = [
-        {
-            "ts": e.ts,
-            "group": e.group,
-            "type": "event",
-            "kind": e.kind,
-            "replica": e.replica,
-            "message": e.message,
-            "data": e.data,
-        }
-        for e in store.events(group, since, limit)
-    ]
-    rows += [
-        {
-            "ts": d.ts,
-            "group": d.group,
-            "type": "decision",
-            "kind": "decision",
-            "policy": d.policy,
-            "current": d.current,
-            "desired": d.desired,
-            "recommended": d.recommended,
-            "limits": d.limits,
-            "message": d.reason,
-            "proposals": d.proposals,
-        }
-        for d in store.decisions(group, since, limit, changes_only=True)
-    ]
-    rows.sort(key=lambda r: r["ts"])
-    return rows[-limit:]
 
 
 def read_history(state_dir: Path, group: str | None, since: float | None, limit: int) -> list[dict[str, Any]]:

@@ -1,7 +1,8 @@
 """The OpenAPI 3.1 description of every route, served at `/api/openapi.json`.
 
-Written by hand next to the handlers it describes; tests validate the document and check real
-responses against its schemas, so the two cannot drift apart unnoticed.
+The status bodies' schemas are generated from the typed models in `controller/status_model.py`; the
+rest is written next to the handlers it describes. Tests validate the document and check real responses
+against its schemas.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from tierscale import __version__
+from tierscale.controller.status_model import GroupStatus
 
 GROUP_NAME = {"type": "string", "pattern": "^[a-z0-9-]{1,40}$"}
 NUM_OR_NULL = {"type": ["number", "null"]}
@@ -52,93 +54,6 @@ SCHEMAS: dict[str, Any] = {
             "status": {"const": "ok"},
             "version": {"type": "string"},
             "groups": {"type": "integer", "minimum": 0},
-        },
-    },
-    "Replica": {
-        "type": "object",
-        "required": ["id", "address", "state", "health", "cpu", "rps", "p95_ms", "age"],
-        "properties": {
-            "id": {"type": "string"},
-            "address": {**STR_OR_NULL, "description": "host:port the balancer sends to"},
-            "state": {
-                "type": "string",
-                "description": "ready (in the balancer), starting, draining, unhealthy, provisioning, failed",
-            },
-            "health": {"type": "string", "description": "ok, pending, or the last probe error"},
-            "cpu": {**NUM_OR_NULL, "description": "% of the replica's CPU allotment"},
-            "memory_bytes": INT_OR_NULL,
-            "rps": {"type": "number", "description": "requests/s through the balancer"},
-            "p95_ms": {**NUM_OR_NULL, "description": "p95 upstream response time at the balancer"},
-            "age": {"type": "number", "description": "seconds since created"},
-        },
-    },
-    "Proposal": {
-        "type": "object",
-        "required": ["metric", "value", "target", "replicas"],
-        "properties": {
-            "metric": {"type": "string"},
-            "value": {**NUM_OR_NULL, "description": "measured value; for totals, the group's total"},
-            "target": {"type": "number"},
-            "replicas": {**INT_OR_NULL, "description": "the count this metric alone asks for"},
-            "error": STR_OR_NULL,
-        },
-    },
-    "Decision": {
-        "type": "object",
-        "required": ["ts", "policy", "current", "desired", "recommended", "limits", "reason", "proposals"],
-        "properties": {
-            "ts": {"type": "number", "description": "unix time"},
-            "policy": {"type": "string", "description": "hpa, threshold or manual"},
-            "current": {"type": "integer"},
-            "desired": {"type": "integer"},
-            "recommended": {"type": "integer"},
-            "limits": {
-                "type": "array",
-                "items": {"type": "string"},
-                "description": "what held the count back: tolerance, stabilization, ScaleUpLimit, max, ...",
-            },
-            "reason": {"type": "string", "description": "one line: why this count"},
-            "proposals": {"type": "array", "items": _ref("Proposal")},
-        },
-    },
-    "GroupStatus": {
-        "type": "object",
-        "required": [
-            "group",
-            "tier",
-            "policy",
-            "min",
-            "max",
-            "desired",
-            "current",
-            "ready",
-            "paused",
-            "replicas",
-            "last_decision",
-        ],
-        "properties": {
-            "group": {"type": "string"},
-            "tier": {"type": "string"},
-            "policy": {"type": "string"},
-            "min": {"type": "integer"},
-            "max": {"type": "integer"},
-            "desired": {**INT_OR_NULL, "description": "null until the first pass"},
-            "current": {"type": "integer", "description": "replicas that count (not draining, not failed)"},
-            "ready": {"type": "integer", "description": "replicas the balancer sends to"},
-            "paused": {"type": "boolean"},
-            "manual_replicas": {**INT_OR_NULL, "description": "the count held while paused"},
-            "dry_run": {"type": "boolean"},
-            "sync_period": {"type": "number"},
-            "provider_ok": {"type": "boolean"},
-            "last_error": STR_OR_NULL,
-            "balancer": {
-                "type": ["object", "null"],
-                "properties": {"url": {"type": "string"}, "backends": {"type": "array"}},
-            },
-            "rps": NUM_OR_NULL,
-            "p95_ms": NUM_OR_NULL,
-            "replicas": {"type": "array", "items": _ref("Replica")},
-            "last_decision": {"oneOf": [_ref("Decision"), {"type": "null"}]},
         },
     },
     "GroupList": {
@@ -262,6 +177,16 @@ def _mutation(summary: str, description: str, body: dict[str, Any], required: bo
             "413": _error("Body larger than 64 KiB."),
         },
     }
+
+
+def _model_schemas() -> dict[str, Any]:
+    """The status bodies' schemas, generated from the models the controller fills."""
+    schema = GroupStatus.model_json_schema(ref_template="#/components/schemas/{model}")
+    defs = schema.pop("$defs", {})
+    return {**defs, "GroupStatus": schema}
+
+
+SCHEMAS.update(_model_schemas())
 
 
 def openapi_document() -> dict[str, Any]:

@@ -21,11 +21,10 @@ from tierscale.api.errors import ApiError
 from tierscale.api.openapi import openapi_document
 from tierscale.api.series import WINDOW, GroupSeries
 from tierscale.api.static import Asset, load_assets
-from tierscale.views import history_rows, parse_since
+from tierscale.views import parse_since
 
 if TYPE_CHECKING:
-    from tierscale.controller.group import GroupController
-    from tierscale.controller.runner import Controller
+    from tierscale.controller.handle import ControllerHandle, GroupHandle
 
 log = logging.getLogger("tierscale.api")
 
@@ -43,7 +42,7 @@ def _shown(key: str) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _apply(gc: GroupController, what: str, change: Callable[..., None], *args: Any) -> None:
+def _apply(gc: GroupHandle, what: str, change: Callable[..., None], *args: Any) -> None:
     """Make a change whose history row may fail to be written (disk full, database locked).
 
     The group state changes first and the row is written after it, so by the time the store fails the
@@ -52,26 +51,26 @@ def _apply(gc: GroupController, what: str, change: Callable[..., None], *args: A
     try:
         change(*args)
     except (sqlite3.Error, OSError) as exc:
-        log.warning("%s: %s applied, but the event store could not record it: %s", gc.s.name, what, exc)
+        log.warning("%s: %s applied, but the event store could not record it: %s", gc.name, what, exc)
 
 
 class Routes:
-    def __init__(self, controller: Controller, auth: TokenAuth) -> None:
+    def __init__(self, controller: ControllerHandle, auth: TokenAuth) -> None:
         self.controller = controller
         self.auth = auth
         self.series: dict[str, GroupSeries] = {}
         for name, gc in controller.groups.items():
-            series = GroupSeries(gc.s.sync_period)
+            series = GroupSeries(gc.sync_period)
             self.series[name] = series
-            gc.status_listeners.append(series.add)
+            gc.add_status_listener(series.add)
         self.assets: dict[str, Asset] = load_assets()
         self._openapi = json.dumps(openapi_document())
 
     def detach(self) -> None:
         for name, gc in self.controller.groups.items():
             series = self.series.get(name)
-            if series is not None and series.add in gc.status_listeners:
-                gc.status_listeners.remove(series.add)
+            if series is not None:
+                gc.remove_status_listener(series.add)
 
     def add_to(self, app: web.Application) -> None:
         r = app.router
@@ -89,7 +88,7 @@ class Routes:
         r.add_post("/api/groups/{name}/resume", self.resume)
 
     # ------------------------------------------------------------------ helpers
-    def _group(self, request: web.Request) -> GroupController:
+    def _group(self, request: web.Request) -> GroupHandle:
         name = request.match_info["name"]
         gc = self.controller.groups.get(name)
         if gc is None:
@@ -98,12 +97,8 @@ class Routes:
             )
         return gc
 
-    def _body(self, gc: GroupController) -> dict[str, Any]:
-        body = gc.status()
-        body["manual_replicas"] = gc.rt.manual_desired if gc.rt.paused else None
-        body["dry_run"] = gc.dry_run
-        body["sync_period"] = gc.s.sync_period
-        return body
+    def _body(self, gc: GroupHandle) -> dict[str, Any]:
+        return gc.status().model_dump(mode="json")
 
     async def _json_object(self, request: web.Request, allowed: tuple[str, ...]) -> dict[str, Any]:
         """The request body as a JSON object with only `allowed` keys; an empty body is `{}`."""
@@ -141,7 +136,7 @@ class Routes:
         return _json({"status": "ok", "version": __version__, "groups": len(self.controller.groups)})
 
     async def metrics(self, request: web.Request) -> web.Response:
-        data = generate_latest(self.controller.telemetry.registry)
+        data = generate_latest(self.controller.registry)
         resp = web.Response(body=data)
         resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return resp
@@ -158,18 +153,17 @@ class Routes:
 
     async def group_series(self, request: web.Request) -> web.Response:
         gc = self._group(request)
-        now = gc.clock.now()
+        now = gc.now()
         since = self._since(request, now)
-        body = self.series[gc.s.name].columns(now, since)
+        body = self.series[gc.name].columns(now, since)
         start = max(now - WINDOW, since if since is not None else 0.0)
-        store = self.controller.store
-        ready = await asyncio.to_thread(store.events, gc.s.name, start, 2000, ("replica_ready",))
+        ready = await asyncio.to_thread(self.controller.events, gc.name, start, 2000, ("replica_ready",))
         body["provision"] = [
             {"t": e.ts, "seconds": round(float(e.data["seconds"]), 3), "replica": e.replica}
             for e in ready
             if isinstance(e.data.get("seconds"), int | float)
         ]
-        body.update(group=gc.s.name, now=now, window=WINDOW, min=gc.s.min, max=gc.s.max)
+        body.update(group=gc.name, now=now, window=WINDOW, min=gc.min, max=gc.max)
         return _json(body)
 
     def _since(self, request: web.Request, now: float) -> float | None:
@@ -195,7 +189,7 @@ class Routes:
             raise ApiError(
                 400, f"limit: expected an integer 1..{EVENTS_MAX_LIMIT} (got {limit_text!r})", "limit"
             )
-        rows = await asyncio.to_thread(history_rows, self.controller.store, group, since, limit)
+        rows = await asyncio.to_thread(self.controller.history, group, since, limit)
         return _json({"events": rows})
 
     # ------------------------------------------------------------------ changing
@@ -209,20 +203,20 @@ class Routes:
         # bool is an int in Python, and 3.0 is not a count: both are mistakes worth naming.
         if not isinstance(n, int) or isinstance(n, bool):
             raise ApiError(400, f"replicas: expected an integer (got {json.dumps(n)})", "replicas")
-        if not gc.s.min <= n <= gc.s.max:
+        if not gc.min <= n <= gc.max:
             raise ApiError(
                 400,
-                f"replicas: must be between min {gc.s.min} and max {gc.s.max} of group {gc.s.name} (got {n})",
+                f"replicas: must be between min {gc.min} and max {gc.max} of group {gc.name} (got {n})",
                 "replicas",
             )
-        _apply(gc, "manual scale", gc.set_manual, n)
+        _apply(gc, "manual scale", gc.scale, n)
         return _json(self._body(gc))
 
     async def pause(self, request: web.Request) -> web.Response:
         self.auth.check(request)
         gc = self._group(request)
         await self._json_object(request, ())
-        if not gc.rt.paused:
+        if not gc.paused:
             _apply(gc, "pause", gc.pause)
         return _json(self._body(gc))
 
@@ -230,6 +224,6 @@ class Routes:
         self.auth.check(request)
         gc = self._group(request)
         await self._json_object(request, ())
-        if gc.rt.paused:
+        if gc.paused:
             _apply(gc, "resume", gc.resume)
         return _json(self._body(gc))

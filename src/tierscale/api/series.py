@@ -12,6 +12,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from tierscale.controller.status_model import GroupStatus
+
 WINDOW = 900.0  # the dashboard shows the last 15 minutes
 
 # Metrics measured for the whole group whose target is per replica (HPA External/AverageValue): the
@@ -37,22 +39,22 @@ def _round(x: float | None, digits: int = 2) -> float | None:
     return round(x, digits)
 
 
-def point_from_status(now: float, body: dict[str, Any]) -> Point:
+def point_from_status(now: float, status: GroupStatus) -> Point:
     metrics: list[tuple[str, float | None, float]] = []
-    decision = body.get("last_decision") or {}
+    decision = status.last_decision
     # A paused group records a manual decision without proposals: its metric lines show a gap.
-    for p in decision.get("proposals") or []:
-        value = p.get("value")
-        if value is not None and p["metric"] in TOTAL_METRICS:
-            value = value / max(1, decision.get("current") or 1)
-        metrics.append((p["metric"], _round(value), float(p["target"])))
+    for p in decision.proposals if decision else []:
+        value = p.value
+        if value is not None and p.metric in TOTAL_METRICS:
+            value = value / max(1, decision.current)  # type: ignore[union-attr]
+        metrics.append((p.metric, _round(value), float(p.target)))
     return Point(
         t=now,
-        desired=body.get("desired"),
-        current=int(body.get("current") or 0),
-        ready=int(body.get("ready") or 0),
-        rps=_round(body.get("rps")),
-        p95_ms=_round(body.get("p95_ms"), 1),
+        desired=status.desired,
+        current=status.current,
+        ready=status.ready,
+        rps=_round(status.rps),
+        p95_ms=_round(status.p95_ms, 1),
         metrics=tuple(metrics),
     )
 
@@ -63,8 +65,8 @@ class GroupSeries:
         # Passes can come faster than sync_period (manual scale and health changes wake the loop).
         self.points: deque[Point] = deque(maxlen=int(window / max(0.25, period) * 2) + 16)
 
-    def add(self, now: float, body: dict[str, Any]) -> None:
-        self.points.append(point_from_status(now, body))
+    def add(self, now: float, status: GroupStatus) -> None:
+        self.points.append(point_from_status(now, status))
 
     def columns(self, now: float, since: float | None = None) -> dict[str, Any]:
         """Column-wise JSON (one array per line of a chart): compact, and what a chart draws from."""

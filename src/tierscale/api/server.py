@@ -16,7 +16,8 @@ from tierscale.api.routes import Routes
 from tierscale.config.models import parse_listen
 
 if TYPE_CHECKING:
-    from tierscale.controller.runner import Controller
+    from tierscale.config.models import ApiConfig
+    from tierscale.controller.handle import ControllerHandle
 
 log = logging.getLogger("tierscale.api")
 
@@ -88,7 +89,9 @@ def _host_guard(listen_host: str) -> web.Middleware:
     return guard
 
 
-def build_app(controller: Controller, auth: TokenAuth, listen_host: str = "127.0.0.1") -> web.Application:
+def build_app(
+    controller: ControllerHandle, auth: TokenAuth, listen_host: str = "127.0.0.1"
+) -> web.Application:
     middlewares: list[web.Middleware] = [json_errors]
     if is_loopback(listen_host):
         middlewares.insert(0, _host_guard(listen_host))
@@ -111,8 +114,13 @@ def build_app(controller: Controller, auth: TokenAuth, listen_host: str = "127.0
 
 
 class ApiServer:
-    def __init__(self, controller: Controller, listen: str | None = None, token: str | None = None) -> None:
-        api = controller.config.api
+    def __init__(
+        self,
+        controller: ControllerHandle,
+        api: ApiConfig,
+        listen: str | None = None,
+        token: str | None = None,
+    ) -> None:
         self.listen = listen or api.listen
         host, port = parse_listen(self.listen)
         self.host = None if host == "*" else host

@@ -30,13 +30,14 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Literal
 
 import psutil
 
+from tierscale.balancer.accesslog import AccessLogReader
+from tierscale.balancer.base import ApplyResult, BalancerError
 from tierscale.private_dirs import make_private_dir
 
 Algorithm = Literal["round_robin", "least_conn"]
@@ -52,18 +53,6 @@ _ERROR_LINE_RE = re.compile(r"^\S+ \S+ \[(\w+)\] (\d+)#\d+: (.*)$")
 
 # Searched when nginx_bin is a bare name: /usr/sbin is often missing from PATH of non-login shells.
 _EXTRA_BIN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/usr/local/nginx/sbin")
-
-
-class BalancerError(Exception):
-    """nginx could not be started, validated or reloaded; the message is nginx's own one-line error."""
-
-
-@dataclass(frozen=True)
-class ApplyResult:
-    changed: bool  # the live config was replaced and the master reloaded onto it
-    ok: bool  # False: the new config was rejected; the previous one is still in place and serving
-    error: str | None = None
-    old_workers: set[int] = field(default_factory=set)  # workers that are now finishing their requests
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -183,6 +172,9 @@ class NginxBalancer:
     @property
     def url(self) -> str:
         return f"http://{self.listen}"
+
+    def traffic_log(self) -> AccessLogReader:
+        return AccessLogReader(self.access_log_path)
 
     @property
     def pid(self) -> int | None:

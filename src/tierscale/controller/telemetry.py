@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-# The label values the controller uses (group.py): listed here so every series exists from the start.
-REPLICA_STATES = ("ready", "starting", "draining", "unhealthy", "provisioning", "failed")
+from tierscale.controller.state import STATES
+
+# The label values the controller uses: listed here so every series exists from the start.
+REPLICA_STATES = STATES
 REPLACEMENT_REASONS = ("exited", "unhealthy", "vanished")
 
 
@@ -44,6 +48,13 @@ class Telemetry:
         self.replacements = Counter(
             "tierscale_replacements", "Replicas replaced, by reason", ["group", "reason"], registry=r
         )
+
+    def set_replica_counts(self, group: str, states: Iterable[str]) -> None:
+        counts = dict.fromkeys(REPLICA_STATES, 0)
+        for state in states:
+            counts[state] = counts.get(state, 0) + 1
+        for state, n in counts.items():
+            self.replicas.labels(group, state).set(n)
 
     def init_group(self, group: str, tier: str) -> None:
         """Create every known label set at zero, so `/metrics` lists each series before its first event.

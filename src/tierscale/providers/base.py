@@ -1,16 +1,32 @@
 """The one small interface every tier implements.
 
-A provider owns create / delete / list and the tier's raw metrics. It marks what it creates (pid files,
-labels, domain metadata, server metadata) so that `list` after a controller restart returns the same
-replicas: state lives in the infrastructure, not in the controller's memory.
+A provider owns create / delete / list and the tier's raw metrics. It marks what it creates (pid records,
+labels, domain metadata, server metadata) with the group, the replica id, the revision and the host, so
+that `list` after a controller restart returns the same replicas: state lives in the infrastructure, not
+in the controller's memory.
+
+Optional features are named in `capabilities` (never found with `hasattr`); failures are typed
+`ProviderError` subclasses (never told apart by their message); what a provider wants on the record goes
+through the `EventSink` it was built with (a provider never writes to the event store itself).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from enum import StrEnum
+from typing import Any, Literal, Protocol
 
-ReplicaState = Literal["provisioning", "running", "stopped", "failed"]
+# What the tier says of a replica. The controller's own view (ready, draining, ...) is
+# `tierscale.controller.state.ReplicaState`, derived from this plus health and drain.
+TierState = Literal["provisioning", "running", "stopped", "failed"]
+ReplicaState = TierState  # the name the tiers have used since the first wave
+
+
+class Capability(StrEnum):
+    """Optional provider features the controller may rely on when, and only when, they are listed."""
+
+    CONSOLE = "console"  # console_output(replica) -> str: readiness from the boot log (health type console)
 
 
 @dataclass(frozen=True)
@@ -18,9 +34,13 @@ class Replica:
     id: str  # unique within the group, e.g. "r-3f9a1c"
     group: str
     address: str | None  # "host:port" the balancer forwards to; None until known
-    state: ReplicaState
+    state: TierState
     created_at: float  # wall-clock seconds (time.time())
-    detail: dict[str, str] = field(default_factory=dict)  # tier-specific: pid, container id, domain name
+    revision: str = ""  # the template revision it was made from ("" for replicas made before revisions)
+    host: str = ""  # where it runs: the engine, hypervisor or compute host, as the tier names it
+    ref: str = ""  # the tier's own handle: pid, container id, domain name, server id
+    # Tier-private typed data (a frozen dataclass of the provider that made it); only that provider reads it.
+    tier_data: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -30,14 +50,51 @@ class ReplicaStats:
     memory_bytes: int | None = None
 
 
+class Listing(list[Replica]):
+    """What `list` found. `unreachable` names hosts that could not be listed this time: replicas known
+    on them are not gone, only unseen (a provider with one host raises `TierUnavailable` instead)."""
+
+    def __init__(self, replicas: Iterable[Replica] = (), unreachable: Iterable[str] = ()) -> None:
+        super().__init__(replicas)
+        self.unreachable: frozenset[str] = frozenset(unreachable)
+
+
 class ProviderError(Exception):
     """A tier operation failed in a way the controller should record and retry later."""
 
 
+class TierUnavailable(ProviderError):
+    """The tier's API (engine, libvirtd, cloud) did not answer or refused the connection."""
+
+
+class ProviderTimeout(TierUnavailable):
+    """A call did not return within the controller's deadline (the tier is hung, not refusing)."""
+
+
+class ReplicaGone(ProviderError):
+    """The replica no longer exists in the tier (a delete of it has nothing left to do)."""
+
+
+class CreateRejected(ProviderError):
+    """The tier refused this create: quota, no capacity, an image or flavor it does not have."""
+
+
+class TemplateError(ProviderError):
+    """The template cannot work on this tier as configured; retrying will not help until it changes."""
+
+
+EventSink = Callable[[str, str, Mapping[str, Any]], None]  # (kind, message, data)
+
+
+def no_events(kind: str, message: str, data: Mapping[str, Any]) -> None:
+    """The sink of a provider built outside a controller (`down`, tests, benchmarks)."""
+
+
 class Provider(Protocol):
     tier: str
+    capabilities: frozenset[Capability]
 
-    def list(self) -> list[Replica]:
+    def list(self) -> Listing:
         """Every replica this group owns, found from the marks in the infrastructure."""
         ...
 
@@ -46,11 +103,24 @@ class Provider(Protocol):
         ...
 
     def delete(self, replica: Replica, grace: float) -> None:
-        """Stop (SIGTERM / shutdown, then kill after `grace` seconds) and remove every trace of it."""
+        """Stop (SIGTERM / shutdown, then kill after `grace` seconds) and remove every trace of it.
+
+        A replica that is already gone is not an error."""
         ...
 
     def stats(self, replicas: list[Replica]) -> dict[str, ReplicaStats]:
         """CPU (and memory) per replica id, for all of them in one pass. Missing ids: no sample."""
         ...
 
+    def console_output(self, replica: Replica) -> str:
+        """The replica's console log; only called when `Capability.CONSOLE` is listed."""
+        ...
+
     def close(self) -> None: ...
+
+
+class NoConsole:
+    """Mixin for tiers without a console log: the method exists, the capability is not listed."""
+
+    def console_output(self, replica: Replica) -> str:
+        raise TemplateError(f"the {getattr(self, 'tier', '?')} tier has no console log")

@@ -11,8 +11,7 @@ from typing import Any
 import numpy as np
 
 from tierscale.config import TIER_PROVISIONING_DELAY, ConfigError, load_config, predictive_params
-from tierscale.controller.group import GroupSettings
-from tierscale.controller.runner import settings_for
+from tierscale.config.settings import GroupSettings, settings_for
 from tierscale.simulate.compare import Result, measure
 from tierscale.simulate.model import (
     CapacityModel,

@@ -6,7 +6,8 @@ It replays what `GroupController` does, without processes or sockets:
 - observe: CPU per ready replica averaged over the last sync period (a replica that turned ready inside
   it reports its share only for the part it served, as `docker stats` would), the request total at the
   balancer over the controller's metric window, p95 latency from an M/M/1 approximation;
-- decide: `policy_step`, the same engine calls the controller makes (schedule, policy, record_scale);
+- decide: `policy.strategy.policy_step`, the very function the controller calls (schedule, strategy,
+  record_scale);
 - act: new replicas are pending for a sampled provisioning delay, then ready; on scale-in pending
   replicas go first, then by `scale_in_order`; a removed replica stops serving at once.
 
@@ -22,10 +23,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tierscale.controller.group import GroupSettings
+from tierscale.config.settings import GroupSettings
+from tierscale.policy.strategy import policy_step
 from tierscale.policy.types import Decision, GroupSnapshot, MetricInput, PolicyState, ReplicaStatus
 from tierscale.simulate.model import CapacityModel, DelayModel, Grid
-from tierscale.simulate.step import policy_step
 
 __all__ = ["ScaleRecord", "SimRun", "simulate"]
 
@@ -236,7 +237,7 @@ def simulate(
         k = grid.cell(t)
         sim.fill(k)
         snap = sim.snapshot(t, k)
-        decision, state = policy_step(s, snap, state)
+        decision, state = policy_step(s.plan, snap, state)
         passes += 1
         if keep_decisions:
             snapshots.append(snap)

@@ -1,0 +1,104 @@
+"""A group's runtime settings: the validated config as the plain values the controller and simulator use.
+
+Built here, in `config/`, so that `simulate/` needs `policy/` and `config/` only, never the controller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from tierscale.config.models import GroupBase
+from tierscale.config.revision import template_revision
+from tierscale.config.to_policy import hpa_params, predictive_params, schedule_entries, threshold_params
+from tierscale.policy.predictive import PredictiveParams
+from tierscale.policy.schedule import ScheduleEntry
+from tierscale.policy.strategy import PolicyPlan, make_strategy
+from tierscale.policy.types import HpaParams, ThresholdParams
+
+__all__ = ["GroupSettings", "MetricSpec", "settings_for"]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One entry of a group's `metrics:`; `type` keys the metric source registry (tierscale.metrics)."""
+
+    type: str
+    target: float
+    url: str | None = None
+    query: str | None = None
+
+
+@dataclass(frozen=True)
+class GroupSettings:
+    """Everything the loop needs from the group's config, as plain values."""
+
+    name: str
+    tier: str
+    min: int
+    max: int
+    sync_period: float
+    health_path: str
+    health_interval: float
+    health_timeout: float
+    healthy_after: int
+    unhealthy_after: int
+    startup_grace: float
+    policy: str
+    metrics: tuple[MetricSpec, ...]
+    hpa: HpaParams
+    threshold: ThresholdParams
+    scale_in_order: str
+    drain_timeout: float
+    stop_grace: float = 5.0
+    metric_window: float = 10.0
+    health_type: str = "http"  # http | console
+    console_marker: str | None = None
+    forecast: PredictiveParams = field(default_factory=PredictiveParams)  # policy: predictive
+    schedule: tuple[ScheduleEntry, ...] = ()
+    revision: str = ""  # the template revision new replicas are made from
+
+    @cached_property
+    def plan(self) -> PolicyPlan:
+        """The policy step's inputs; `dataclasses.replace` builds a new settings object, and a new plan."""
+        strategy = make_strategy(self.policy, self.hpa, self.threshold, self.forecast)
+        return PolicyPlan(strategy, self.hpa, self.schedule)
+
+
+def settings_for(group: GroupBase) -> GroupSettings:
+    h = group.health
+    return GroupSettings(
+        name=group.name,
+        tier=group.tier,
+        min=group.min,
+        max=group.max,
+        sync_period=group.sync_period,
+        health_path=h.path,
+        health_interval=h.interval,
+        health_timeout=h.timeout,
+        healthy_after=h.healthy_after,
+        unhealthy_after=h.unhealthy_after,
+        startup_grace=h.startup_grace,
+        health_type=h.type,
+        console_marker=h.console_marker,
+        policy=group.policy,
+        metrics=tuple(
+            MetricSpec(
+                type=m.type,
+                target=float(m.target if m.type != "prometheus" else m.target_per_replica),  # type: ignore[union-attr]
+                url=getattr(m, "url", None),
+                query=getattr(m, "query", None),
+            )
+            for m in group.metrics
+        ),
+        hpa=hpa_params(group),
+        threshold=threshold_params(group),
+        forecast=predictive_params(group),
+        schedule=schedule_entries(group),
+        scale_in_order=group.scale_in_order,
+        drain_timeout=group.drain_timeout,
+        # Balancer metrics are averaged over a few sync periods: long enough to be stable, short enough
+        # that a load step shows within seconds.
+        metric_window=min(30.0, max(5.0, 3 * group.sync_period)),
+        revision=template_revision(group.template),  # type: ignore[attr-defined]
+    )

@@ -1,0 +1,90 @@
+"""Health rounds: probe every running replica, admit the healthy to the balancer, condemn the broken.
+
+How one replica is probed is a `Prober`: an HTTP GET (the default), the tier's console log (clouds whose
+instances the controller cannot reach), or in tests the fake tier's own switch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import aiohttp
+
+from tierscale.controller.context import GroupContext
+from tierscale.controller.health import probe
+from tierscale.providers.base import Capability, ProviderError, Replica, TemplateError
+
+
+class Prober(Protocol):
+    async def __call__(self, r: Replica) -> tuple[bool, str | None]: ...
+
+
+class HttpProber:
+    def __init__(self, session: Callable[[], aiohttp.ClientSession], path: str, timeout: float) -> None:
+        self.session, self.path, self.timeout = session, path, timeout
+
+    async def __call__(self, r: Replica) -> tuple[bool, str | None]:
+        return await probe(self.session(), r.address or "", self.path, self.timeout)
+
+
+class ConsoleProber:
+    """Ready once the marker shows in the console log; then healthy while the tier reports it running
+    (the marker is a boot event: re-reading the console would only cost API calls)."""
+
+    def __init__(self, ctx: GroupContext) -> None:
+        if Capability.CONSOLE not in ctx.provider.capabilities:
+            raise TemplateError(f"groups[{ctx.s.name}].health.type: tier {ctx.s.tier} has no console log")
+        self.ctx = ctx
+
+    async def __call__(self, r: Replica) -> tuple[bool, str | None]:
+        ctx = self.ctx
+        if ctx.health.is_ready(r.id):
+            return True, None
+        try:
+            log_text = await ctx.call(ctx.provider.console_output, r)
+        except ProviderError as exc:
+            return False, str(exc)
+        if ctx.s.console_marker and ctx.s.console_marker in log_text:
+            return True, None
+        return False, "console marker not seen yet"
+
+
+class HealthRounds:
+    def __init__(self, ctx: GroupContext, prober: Prober, on_change: Callable[[], Awaitable[None]]) -> None:
+        self.ctx = ctx
+        self.prober = prober
+        self.on_change = on_change  # a replica turned ready or unhealthy: rebalance now
+
+    async def probe_all(self) -> None:
+        ctx = self.ctx
+        console = ctx.s.health_type == "console"
+        # Console readiness needs no address: the log is read through the tier's API.
+        targets = [r for r in ctx.active() if (r.address or console) and r.state == "running"]
+        if not targets:
+            return
+        results = await asyncio.gather(*(self.prober(r) for r in targets))
+        now = ctx.clock.now()
+        changed = False
+        for r, (ok, err) in zip(targets, results, strict=True):
+            tr = ctx.health.observe(r.id, r.created_at, ok, now, err)
+            if tr == "ready":
+                changed = True
+                st = ctx.health.states[r.id]
+                took = (st.first_ready_at or now) - r.created_at
+                if r.id not in ctx.rt.adopted:  # an adopted replica's age is not a provision time
+                    ctx.tm.provision_seconds.labels(ctx.s.name, ctx.s.tier).observe(max(0.0, took))
+                ctx.event("replica_ready", f"replica {r.id} healthy after {took:.2f}s", r.id, seconds=took)
+            elif tr == "unhealthy":
+                changed = True
+                ctx.tm.replacements.labels(ctx.s.name, "unhealthy").inc()
+                ctx.event(
+                    "replica_unhealthy",
+                    f"replica {r.id} unhealthy ({err}); taking it out and replacing it",
+                    r.id,
+                    error=err,
+                )
+        if changed:
+            await self.on_change()
+            ctx.wake.set()

@@ -1,0 +1,139 @@
+"""Act: converge the group on `desired` — replace what failed, create what is missing, drain the surplus.
+
+Every step is idempotent: the infrastructure is listed afresh each pass and compared with `desired`;
+creates and drains run as tasks so a slow tier never holds up the loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+
+from tierscale.controller.context import GroupContext
+from tierscale.providers.base import ProviderError, Replica, ReplicaGone, ReplicaStats
+
+log = logging.getLogger("tierscale.controller")
+
+
+def victim_order(
+    candidates: Sequence[Replica],
+    ready: Collection[str],
+    stats: Mapping[str, ReplicaStats],
+    order: str,
+) -> list[Replica]:
+    """Scale-in order: replicas that serve nobody yet (not ready) first, then by `scale_in_order`."""
+
+    def load(r: Replica) -> float:
+        st = stats.get(r.id)
+        return st.cpu_percent if st and st.cpu_percent is not None else 0.0
+
+    if order == "oldest":
+        return sorted(candidates, key=lambda r: (r.id in ready, r.created_at))
+    if order == "least_loaded":
+        return sorted(candidates, key=lambda r: (r.id in ready, load(r)))
+    return sorted(candidates, key=lambda r: (r.id in ready, -r.created_at))
+
+
+class Reconciler:
+    def __init__(self, ctx: GroupContext, rebalance: Callable[[], Awaitable[None]]) -> None:
+        self.ctx = ctx
+        self.rebalance = rebalance  # takes a leaving replica out of the balancer before it is drained
+
+    def reap_failed(self) -> None:
+        """Replicas that exited or were condemned by health checks are removed; `converge` replaces them."""
+        ctx, rt = self.ctx, self.ctx.rt
+        if ctx.dry_run:
+            return
+        for r in list(rt.replicas.values()):
+            if r.id in rt.draining:
+                continue
+            if r.state == "failed":
+                ctx.tm.replacements.labels(ctx.s.name, "exited").inc()
+                ctx.event("replica_replaced", f"replica {r.id} exited; replacing it", r.id, reason="exited")
+            elif not ctx.health.is_unhealthy(r.id):
+                continue
+            rt.draining.add(r.id)
+            ctx.spawn(self.delete(r, drain=False))
+
+    def converge(self) -> None:
+        ctx, rt = self.ctx, self.ctx.rt
+        want = rt.desired or 0
+        active = ctx.active()
+        have = len(active) + rt.creating
+        if have < want:
+            if ctx.clock.now() < rt.create_backoff.not_before:
+                return
+            for _ in range(want - have):
+                rt.creating += 1
+                ctx.spawn(self.create())
+        elif have > want and rt.creating == 0:
+            for victim in self.pick_victims(len(active) - want):
+                rt.draining.add(victim.id)
+                ctx.spawn(self.delete(victim, drain=True))
+
+    def pick_victims(self, n: int) -> list[Replica]:
+        ctx = self.ctx
+        active = ctx.active()
+        ready = {r.id for r in active if ctx.health.is_ready(r.id)}
+        return victim_order(active, ready, ctx.rt.stats, ctx.s.scale_in_order)[: max(0, n)]
+
+    async def create(self) -> None:
+        ctx, rt = self.ctx, self.ctx.rt
+        rid = "r-" + secrets.token_hex(4)
+        try:
+            replica = await ctx.call(ctx.provider.create, rid)
+        except Exception as exc:
+            delay = rt.create_backoff.fail(ctx.clock.now())
+            if not isinstance(exc, ProviderError):  # a bug in a provider, not a tier refusing
+                log.exception("%s: create crashed", ctx.s.name)
+            ctx.event(
+                "create_failed",
+                f"cannot create replica {rid}: {exc}; retry in {delay:.0f}s",
+                rid,
+                error=str(exc),
+            )
+            return
+        finally:
+            rt.creating -= 1
+        rt.create_backoff.ok()
+        rt.replicas[replica.id] = replica
+        ctx.health.track(replica.id, replica.created_at)
+        ctx.event(
+            "replica_created",
+            f"created replica {replica.id} at {replica.address}",
+            replica.id,
+            address=replica.address,
+        )
+
+    async def delete(self, replica: Replica, drain: bool) -> None:
+        ctx, rt = self.ctx, self.ctx.rt
+        try:
+            if drain:
+                ctx.event("replica_draining", f"draining replica {replica.id}", replica.id)
+            await self.rebalance()  # it is in `draining`, so this takes it out of the upstream first
+            if drain and ctx.balancer and replica.address and not ctx.dry_run:
+                timeout = ctx.s.drain_timeout
+                drained = await ctx.call(ctx.balancer.wait_drained, replica.address, timeout)
+                ctx.event(
+                    "replica_drained",
+                    f"replica {replica.id} drained"
+                    if drained
+                    else f"replica {replica.id} still had connections after {timeout:g}s",
+                    replica.id,
+                    clean=drained,
+                )
+            # Gone already (it vanished mid-drain) is what a delete wants anyway.
+            with contextlib.suppress(ReplicaGone):
+                await ctx.call(ctx.provider.delete, replica, ctx.s.stop_grace)
+            ctx.event("replica_deleted", f"deleted replica {replica.id}", replica.id)
+            rt.deleted.add(replica.id)
+            rt.replicas.pop(replica.id, None)
+            ctx.health.forget(replica.id)
+        except ProviderError as exc:
+            ctx.event(
+                "delete_failed", f"cannot delete replica {replica.id}: {exc}", replica.id, error=str(exc)
+            )
+        finally:
+            rt.draining.discard(replica.id)

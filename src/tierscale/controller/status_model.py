@@ -1,0 +1,78 @@
+"""The typed status of a group: what `status`, the API, the dashboard and the event store all read.
+
+The OpenAPI schemas of the API are generated from these models (api/openapi.py), so the document and
+the bodies cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tierscale.controller.state import ReplicaState
+
+
+class _View(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_enum_values=True)
+
+
+class ReplicaView(_View):
+    id: str
+    address: str | None = Field(description="host:port the balancer sends to")
+    state: ReplicaState = Field(description="ready means in the balancer and passing health checks")
+    health: str = Field(description="ok, pending, or the last probe error")
+    cpu: float | None = Field(description="% of the replica's CPU allotment")
+    memory_bytes: int | None = None
+    rps: float = Field(description="requests/s through the balancer")
+    p95_ms: float | None = Field(description="p95 upstream response time at the balancer")
+    age: float = Field(description="seconds since created")
+    revision: str = Field("", description="template revision it was made from ('' if it predates them)")
+    host: str = Field("", description="the engine, hypervisor or compute host it runs on")
+
+
+class ProposalView(_View):
+    metric: str
+    value: float | None = Field(description="measured value; for totals, the group's total")
+    target: float
+    replicas: int | None = Field(description="the count this metric alone asks for")
+    error: str | None = None
+
+
+class DecisionView(_View):
+    ts: float = Field(description="unix time")
+    policy: str = Field(description="hpa, threshold, predictive or manual")
+    current: int
+    desired: int
+    recommended: int
+    limits: list[str] = Field(
+        description="what held the count back: tolerance, stabilization, ScaleUpLimit, max, ..."
+    )
+    reason: str = Field(description="one line: why this count")
+    proposals: list[ProposalView]
+
+
+class BalancerView(_View):
+    url: str
+    backends: list[str]
+
+
+class GroupStatus(_View):
+    group: str
+    tier: str
+    policy: str
+    min: int
+    max: int
+    desired: int | None = Field(description="null until the first pass")
+    current: int = Field(description="replicas that count (not draining, not failed)")
+    ready: int = Field(description="replicas the balancer sends to")
+    paused: bool
+    manual_replicas: int | None = Field(None, description="the count held while paused")
+    dry_run: bool = False
+    sync_period: float = 0.0
+    provider_ok: bool = True
+    last_error: str | None = None
+    revision: str = Field("", description="the template revision new replicas are made from")
+    balancer: BalancerView | None = None
+    rps: float | None = None
+    p95_ms: float | None = None
+    replicas: list[ReplicaView]
+    last_decision: DecisionView | None
