@@ -49,9 +49,10 @@ class Observer:
         unreachable = listed.unreachable
         if unreachable != rt.unreachable_hosts:
             if unreachable:
+                hosts = ", ".join(sorted(unreachable))
                 ctx.event(
                     "provider_error",
-                    f"cannot list host(s) {', '.join(sorted(unreachable))}; keeping their replicas as they are",
+                    f"cannot list host(s) {hosts}; keeping their replicas as they are",
                     hosts=sorted(unreachable),
                 )
             rt.unreachable_hosts = frozenset(unreachable)
