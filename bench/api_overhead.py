@@ -80,12 +80,13 @@ def child(config_path: str, mode: str, seconds: float, warmup: float, out: str) 
 
     from tierscale.config import load_config
     from tierscale.controller.runner import Controller
+    from tierscale.service import serve
 
     cfg = load_config(Path(config_path))
     n = cfg.groups[0].min
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    controller = Controller(cfg, api=mode)
+    controller = Controller(cfg)
     stop = asyncio.Event()
     lags: list[float] = []
     window: dict[str, float] = {}
@@ -99,10 +100,10 @@ def child(config_path: str, mode: str, seconds: float, warmup: float, out: str) 
     async def script() -> None:
         gc = controller.groups["bench"]
         deadline = time.time() + 180
-        while len(gc.serving()) < n and time.time() < deadline:
+        while len(gc.ctx.rt.backends or ()) < n and time.time() < deadline:
             await asyncio.sleep(0.5)
-        if len(gc.serving()) < n:
-            raise SystemExit(f"only {len(gc.serving())}/{n} replicas ready")
+        if len(gc.ctx.rt.backends or ()) < n:
+            raise SystemExit(f"only {len(gc.ctx.rt.backends or ())}/{n} replicas ready")
         print("ready", flush=True)  # the parent starts its dashboard polling now
         await asyncio.sleep(warmup)
         lags.clear()
@@ -118,7 +119,7 @@ def child(config_path: str, mode: str, seconds: float, warmup: float, out: str) 
 
     async def main() -> None:
         probe = asyncio.ensure_future(lag_probe())
-        runner = asyncio.ensure_future(controller.run(stop))
+        runner = asyncio.ensure_future(serve(controller, stop, api=mode))  # type: ignore[arg-type]
         await script()
         await runner
         await probe
@@ -255,7 +256,7 @@ def main() -> None:
         return
 
     from tierscale.config import load_config
-    from tierscale.controller.runner import down
+    from tierscale.controller.down import down
 
     tmp = Path(tempfile.mkdtemp(prefix="tierscale-api-bench-"))
     lo, hi = free_range(args.replicas + 10)

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from tierscale.config import load_config_text
-from tierscale.controller.runner import Controller, down
+from tierscale.controller.down import down
+from tierscale.controller.runner import Controller
 from tierscale.eventstore import EventStore
 from tierscale.providers.openstack import OpenstackProvider
 from tierscale.providers.openstack_cloud import open_cloud
@@ -162,7 +163,7 @@ def wait_ready(run: Running, n: int, timeout: float) -> float:
     gc = run.controller.groups["bench-os"]
     while time.monotonic() - t0 < timeout:
         st = run.call(gc.status)
-        if st["ready"] >= n:
+        if st.ready >= n:
             return time.monotonic() - t0
         time.sleep(0.2)
     raise RuntimeError(f"{n} servers not ready after {timeout:g}s")

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from tierscale.config import load_config_text
-from tierscale.controller.background import BackgroundController
-from tierscale.controller.runner import down
+from tierscale.controller.down import down
 from tierscale.loadgen import LoadRunner
+from tierscale.service import BackgroundController
 
 POLICIES = {
     "tierscale (hpa, sync 1s)": """
@@ -145,7 +145,7 @@ def run_one(
         runner.stop()
         result = runner.result(timeout=30)
         gc = bg.controller.groups["bench"]  # type: ignore[union-attr]
-        log = Path(gc.balancer.access_log_path)  # type: ignore[union-attr]
+        log = Path(gc.ctx.balancer.access_log_path)  # type: ignore[union-attr]
         first_new = first_new_upstream_after(log, step_wall, old)
         out.update(
             step_to_first_new_replica_s=None if first_new is None else round(first_new - step_wall, 2),

@@ -30,8 +30,8 @@ import libvirt
 import psutil
 
 from tierscale.config import load_config_text
-from tierscale.controller.background import BackgroundController
-from tierscale.controller.runner import down
+from tierscale.controller.down import down
+from tierscale.service import BackgroundController
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGES = REPO / "build" / "images" / "vm"
@@ -151,7 +151,8 @@ def run_mode(pool: int, repeat: int, domain_type: str, disk: bool) -> dict[str, 
             took = time.monotonic() - t0
             done_wall = time.time()
             times.append(took)
-            decided = [e.ts for e in gc.store.events(group) if e.kind == "scaled" and e.ts >= t0_wall - 0.5]
+            events = gc.ctx.store.events(group)
+            decided = [e.ts for e in events if e.kind == "scaled" and e.ts >= t0_wall - 0.5]
             if decided:
                 from_decision.append(done_wall - min(decided))
             print(f"  {group} run {i + 1}: decision → new VM {new} serving in {took:.2f}s", flush=True)
