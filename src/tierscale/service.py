@@ -46,22 +46,29 @@ async def start_api(controller: Controller, mode: ApiMode, token: str | None) ->
 
 
 async def serve(
-    controller: Controller, stop: asyncio.Event, api: ApiMode = "optional", token: str | None = None
-) -> ApiServer | None:
-    """Run the controller until `stop`, with its API started once the group locks are held."""
-    servers: list[ApiServer] = []
+    controller: Controller,
+    stop: asyncio.Event,
+    api: ApiMode = "optional",
+    token: str | None = None,
+    servers: list[ApiServer] | None = None,
+) -> None:
+    """Run the controller until `stop`, with its API started once the group locks are held.
+
+    The running API server is appended to `servers` (for callers that want its address) and stopped
+    before this returns."""
+    running: list[ApiServer] = servers if servers is not None else []
 
     async def started() -> None:
         server = await start_api(controller, api, token)
         if server is not None:
-            servers.append(server)
+            running.append(server)
 
     try:
         await controller.run(stop, started=started)
     finally:
-        for server in servers:
+        for server in running:
             await server.stop()
-    return None
+        running.clear()
 
 
 def run_controller(config: Config, dry_run: bool = False, once: bool = False) -> int:
@@ -101,6 +108,12 @@ class BackgroundController:
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
         self.error: BaseException | None = None
+        self._servers: list[ApiServer] = []
+
+    @property
+    def api(self) -> ApiServer | None:
+        """The API server while it runs (None with api="off", or when its address was taken)."""
+        return self._servers[0] if self._servers else None
 
     def start(self, timeout: float = 30.0) -> BackgroundController:
         self._thread = threading.Thread(target=self._main, name="tierscale-controller", daemon=True)
@@ -125,7 +138,7 @@ class BackgroundController:
             return
         self._started.set()
         try:
-            loop.run_until_complete(serve(self.controller, self._stop, api=self.api_mode))
+            loop.run_until_complete(serve(self.controller, self._stop, api=self.api_mode, servers=self._servers))
         except BaseException as exc:
             self.error = exc
         finally:
