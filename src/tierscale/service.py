@@ -138,7 +138,9 @@ class BackgroundController:
             return
         self._started.set()
         try:
-            loop.run_until_complete(serve(self.controller, self._stop, api=self.api_mode, servers=self._servers))
+            loop.run_until_complete(
+                serve(self.controller, self._stop, api=self.api_mode, servers=self._servers)
+            )
         except BaseException as exc:
             self.error = exc
         finally:
