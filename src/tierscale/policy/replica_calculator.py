@@ -76,6 +76,12 @@ class PodGroups:
     ignored: tuple[str, ...]
 
 
+def _counted_values(metrics: Mapping[str, PodMetric], groups: PodGroups) -> dict[str, int]:
+    """The samples that count: not of an ignored or unready pod (a set, so a pass stays linear)."""
+    excluded = {*groups.ignored, *groups.unready}
+    return {k: m.value for k, m in metrics.items() if k not in excluded}
+
+
 @dataclass(frozen=True)
 class ReplicaCount:
     """What a calculation returns, plus enough of its working to explain it."""
@@ -269,7 +275,7 @@ def resource_replicas(
     if not pods:
         raise MetricError("no pods returned by selector while calculating replica count")
     groups = group_pods(pods, metrics, resource, cfg, now)
-    values = {k: m.value for k, m in metrics.items() if k not in groups.ignored and k not in groups.unready}
+    values = _counted_values(metrics, groups)
     if not values:
         raise MetricError("did not receive metrics for targeted pods (pods might be unready)")
     requests = pod_requests(pods, container, resource)
@@ -313,7 +319,7 @@ def pods_metric_replicas(
         raise MetricError("no pods returned by selector while calculating replica count")
     # The CPU readiness rules are skipped: the resource name upstream passes here is empty.
     groups = group_pods(pods, metrics, "", cfg, now)
-    values = {k: m.value for k, m in metrics.items() if k not in groups.ignored and k not in groups.unready}
+    values = _counted_values(metrics, groups)
     if not values:
         raise MetricError("did not receive metrics for targeted pods (pods might be unready)")
     ratio, usage = usage_ratio(values, target_average_milli)
