@@ -94,18 +94,21 @@ class GroupController:
     # ---- lifecycle
     async def start(self) -> None:
         """Adopt what the infrastructure already holds, and make sure the balancer runs."""
+        if await self.observer.refresh():
+            self._adopt()
+        # Adopted replicas that answer get traffic at once instead of after the first health round.
+        await self.health_rounds.probe_all()
+        await self.balancing.start()
+
+    def _adopt(self) -> None:
+        """On the first listing that works (not before: a tier down at start must not look empty)."""
         ctx, rt = self.ctx, self.ctx.rt
-        await self.observer.refresh()
         adopted = list(rt.replicas.values())
         rt.adopted = {r.id for r in adopted}
         for r in adopted:
             ctx.event("replica_adopted", f"adopted replica {r.id} at {r.address}", r.id, state=r.state)
-        if rt.desired is None:
-            count = len([r for r in adopted if r.state != "failed"])
-            rt.desired = max(ctx.s.min, min(ctx.s.max, count))
-        # Adopted replicas that answer get traffic at once instead of after the first health round.
-        await self.health_rounds.probe_all()
-        await self.balancing.start()
+        count = len([r for r in adopted if r.state != "failed"])
+        rt.desired = max(ctx.s.min, min(ctx.s.max, count))
 
     async def run(self, stop: asyncio.Event) -> None:
         ctx = self.ctx
@@ -166,8 +169,10 @@ class GroupController:
         ctx, rt = self.ctx, self.ctx.rt
         listed = await self.observer.refresh()
         now = ctx.clock.now()
-        if not listed and not rt.replicas and rt.desired is None:
-            return None
+        if rt.desired is None:
+            if not listed:
+                return None  # nothing is known yet: neither adopt nor create blind
+            self._adopt()
         self.reconciler.reap_failed()
         snap = await self.observer.snapshot(now)
         decision = self.decide(snap)

@@ -75,7 +75,8 @@ class Observer:
                 rt.draining.discard(rid)
         rt.replicas = seen
         for r in listed:
-            ctx.health.track(r.id, r.created_at)
+            if r.id not in rt.deleted:
+                ctx.health.track(r.id, r.created_at)
         return True
 
     async def snapshot(self, now: float) -> GroupSnapshot:
