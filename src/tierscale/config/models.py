@@ -13,7 +13,6 @@ the user sees `groups[0].max: must be >= min (1)` and not an error on the whole 
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import re
 import shlex
@@ -35,6 +34,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from tierscale.addresses import AddressError, split_address
 from tierscale.config.durations import parse_duration, parse_size
 from tierscale.policy.schedule import parse_cron
 
@@ -144,21 +144,12 @@ _LISTEN_HOST = re.compile(r"[A-Za-z0-9.-]+|\*")
 
 def parse_listen(value: str) -> tuple[str, int]:
     """`host:port` or `[v6]:port` -> (host, port); ValueError with a user-facing message otherwise."""
-    hint = f"expected host:port like 127.0.0.1:8080 (got {value!r})"
-    if not isinstance(value, str) or ":" not in value:
-        raise ValueError(hint)
-    host, _, port_text = value.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        try:
-            ipaddress.IPv6Address(host[1:-1])
-        except ValueError:
-            raise ValueError(hint) from None
-        host = host[1:-1]
-    elif not _LISTEN_HOST.fullmatch(host):
-        raise ValueError(hint)
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"port must be 1..65535 (got {value!r})")
-    return host, int(port_text)
+    try:
+        return split_address(value, host_ok=lambda host: _LISTEN_HOST.fullmatch(host) is not None)
+    except AddressError as exc:
+        if exc.part == "port":
+            raise ValueError(f"port must be 1..65535 (got {value!r})") from None
+        raise ValueError(f"expected host:port like 127.0.0.1:8080 (got {value!r})") from None
 
 
 def _listen(value: Any) -> str:

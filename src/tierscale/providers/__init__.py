@@ -4,19 +4,56 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from tierscale.providers.base import Provider, ProviderError, Replica, ReplicaStats
+from tierscale.config.revision import template_revision
+from tierscale.providers.base import (
+    Capability,
+    CreateRejected,
+    EventSink,
+    Listing,
+    Provider,
+    ProviderError,
+    ProviderTimeout,
+    Replica,
+    ReplicaGone,
+    ReplicaStats,
+    TemplateError,
+    TierUnavailable,
+    no_events,
+)
 
-__all__ = ["Provider", "ProviderError", "Replica", "ReplicaStats", "make_provider"]
+if TYPE_CHECKING:
+    from tierscale.config.models import Group
+
+__all__ = [
+    "Capability",
+    "CreateRejected",
+    "EventSink",
+    "Listing",
+    "Provider",
+    "ProviderError",
+    "ProviderTimeout",
+    "Replica",
+    "ReplicaGone",
+    "ReplicaStats",
+    "TemplateError",
+    "TierUnavailable",
+    "make_provider",
+    "no_events",
+]
 
 
-def make_provider(group: Any, state_dir: Path) -> Provider:
-    """Build the provider for a validated group config."""
-    t = group.template
-    if group.tier == "process":
+def make_provider(group: Group, state_dir: Path, events: EventSink = no_events) -> Provider:
+    """Build the provider for a validated group config; every replica it makes carries the revision of
+    the group's template, and what it wants on the record goes to `events`."""
+    from tierscale.config.models import DockerGroup, LibvirtGroup, OpenstackGroup, ProcessGroup
+
+    revision = template_revision(group.template)
+    if isinstance(group, ProcessGroup):
         from tierscale.providers.process import ProcessProvider
 
+        t = group.template
         # "python3" in a template means the interpreter tierscale runs on, so the demo workload is importable
         # from a virtualenv without the user spelling out its path.
         command = [
@@ -26,31 +63,38 @@ def make_provider(group: Any, state_dir: Path) -> Provider:
             group.name,
             state_dir,
             command,
-            port_range=tuple(t.port_range),  # type: ignore[arg-type]
+            port_range=(t.port_range[0], t.port_range[1]),
             cpus=t.cpus,
             env=t.env,
             cwd=t.cwd,
+            revision=revision,
+            events=events,
         )
-    if group.tier == "docker":
+    if isinstance(group, DockerGroup):
         from tierscale.providers.docker import DockerProvider
 
+        d = group.template
         return DockerProvider(
             group.name,
-            t.image,
-            port=t.port,
-            env=t.env,
-            cpus=t.cpus,
-            memory=t.memory,
-            command=t.command,
-            host=t.host,
+            d.image,
+            port=d.port,
+            env=d.env,
+            cpus=d.cpus,
+            memory=d.memory,
+            command=d.command,
+            host=d.host,
+            revision=revision,
+            events=events,
         )
-    if group.tier == "openstack":
+    if isinstance(group, OpenstackGroup):
         from tierscale.providers.openstack import OpenstackProvider
 
         # Diagnostics cost one API call per server and tick: only ask for them when something uses CPU.
         uses_cpu = any(m.type == "cpu" for m in group.metrics) or group.scale_in_order == "least_loaded"
-        return OpenstackProvider(group.name, t, collect_cpu=uses_cpu)
-    if group.tier == "libvirt":
+        return OpenstackProvider(
+            group.name, group.template, collect_cpu=uses_cpu, revision=revision, events=events
+        )
+    if isinstance(group, LibvirtGroup):
         try:
             from tierscale.providers.libvirt import make_libvirt_provider
         except ImportError as exc:  # libvirt-python is an extra: it needs libvirt's C library to build
@@ -58,5 +102,5 @@ def make_provider(group: Any, state_dir: Path) -> Provider:
                 f"groups[{group.name}].tier: libvirt needs libvirt-python ({exc}): "
                 "pip install 'tierscale[libvirt]'"
             ) from None
-        return make_libvirt_provider(group, state_dir)
+        return make_libvirt_provider(group, revision=revision, events=events)
     raise ProviderError(f"groups[{group.name}].tier: the {group.tier} tier is not implemented yet")

@@ -2,15 +2,19 @@
 
 Ownership lives on the engine: every container carries the labels `io.tierscale.group` and
 `io.tierscale.replica` (SPEC §5), so `list` after a controller restart finds the same containers, and
-containers of other groups or without the labels are never touched. The service port is published on
-127.0.0.1 with a host port the engine picks; `create` reads it back as the replica's address.
+containers of other groups or without the labels are never touched; `io.tierscale.revision` and
+`io.tierscale.host` say which template revision it runs and on which engine. The service port is
+published on 127.0.0.1 with a host port the engine picks; `create` reads it back as the replica's address.
 
 Restart policy is `no`: tierscale is the one that replaces replicas. A container that exits (crash,
 `docker kill`, or a dockerd restart without live-restore) is listed as `failed`; the controller removes
 it and creates a new one.
 
-Every engine failure becomes a `ProviderError` with a one-line message; an unreachable engine drops
-the client, and the next call connects afresh, so the controller resumes when the engine returns.
+Every engine failure becomes a typed `ProviderError` with a one-line message, told apart by the SDK's
+exception class and HTTP status (never by its text): `TierUnavailable` for an engine that does not answer
+(which also drops the client, so the next call connects afresh and the controller resumes when the
+engine returns), `TemplateError` for an image that is missing or a command that cannot start,
+`CreateRejected` for other refused creates, `ReplicaGone` for a container that no longer exists.
 """
 
 from __future__ import annotations
@@ -32,12 +36,28 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from tierscale.providers.base import ProviderError, Replica, ReplicaState, ReplicaStats
+from tierscale.addresses import format_address
+from tierscale.providers.base import (
+    Capability,
+    CreateRejected,
+    EventSink,
+    Listing,
+    NoConsole,
+    ProviderError,
+    ProviderTimeout,
+    Replica,
+    ReplicaGone,
+    ReplicaState,
+    ReplicaStats,
+    TemplateError,
+    TierUnavailable,
+    no_events,
+)
+from tierscale.providers.cpu_rate import CpuRate, CpuReading
 from tierscale.providers.docker_image import DEMO_IMAGE, WORKLOAD_BUILD_SH, ImageBuildError, build_demo_image
 from tierscale.providers.docker_stats import (
     CgroupFiles,
     CgroupLocator,
-    CpuTracker,
     Sample,
     StatsStreams,
     read_cgroup,
@@ -49,6 +69,9 @@ LABEL_REPLICA = "io.tierscale.replica"
 LABEL_PORT = "io.tierscale.port"  # the container port the address was published from
 LABEL_CREATED = "io.tierscale.created"  # time.time() at create, with sub-second precision
 LABEL_CPUS = "io.tierscale.cpus"  # the CPU allotment, so an adopted container's percent means the same
+LABEL_REVISION = "io.tierscale.revision"  # the template revision it was created from
+LABEL_HOST = "io.tierscale.host"  # the engine URL it was created through
+DEFAULT_ENGINE = "unix:///var/run/docker.sock"
 
 STUCK_CREATED_AFTER = 60.0  # a container still in "created" after this was abandoned mid-create
 API_TIMEOUT = 30.0  # seconds for one Engine API call (a stop adds its grace period on top)
@@ -86,19 +109,51 @@ def _publish_ip(base_url: str | None) -> str:
     try:
         return socket.gethostbyname(host)
     except OSError as exc:
-        raise ProviderError(f"cannot resolve the Docker host {host!r}: {exc}") from None
+        raise TierUnavailable(f"cannot resolve the Docker host {host!r}: {exc}") from None
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and what it wraps: requests → urllib3 (`reason`, args) → the socket error, breadth first."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop(0)
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        inner = [e.__cause__, e.__context__, getattr(e, "reason", None), *e.args]
+        todo.extend(x for x in inner if isinstance(x, BaseException))
 
 
 def _reason(exc: BaseException) -> str:
-    """The innermost useful words of a requests/urllib3 connection error."""
-    text = str(exc)
-    for inner in (getattr(exc, "__cause__", None), getattr(exc, "__context__", None)):
-        if inner is not None and str(inner):
-            text = str(inner)
-    for marker in ("No such file or directory", "Connection refused", "Connection aborted", "timed out"):
-        if marker in text or marker in str(exc):
-            return marker.lower()
-    return text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
+    """The innermost useful words of a requests/urllib3/paramiko connection error: the socket's errno
+    when there is one ("connection refused", "no such file or directory"), else the innermost text."""
+    chain = list(_causes(exc))
+    for e in chain:
+        if isinstance(e, OSError) and e.errno:
+            return os.strerror(e.errno).lower()
+    if any(isinstance(e, TimeoutError | socket.timeout) for e in chain):
+        return "timed out"
+    for e in reversed(chain):
+        text = str(e).strip()
+        if text:
+            return text.splitlines()[0][:200]
+    return type(exc).__name__
+
+
+def _api_message(exc: docker.errors.APIError) -> str:
+    return exc.explanation if isinstance(exc.explanation, str) and exc.explanation else str(exc)
+
+
+@dataclass(frozen=True)
+class DockerData:
+    """What the Docker tier keeps on a `Replica` for itself (`Replica.ref` is the container id)."""
+
+    name: str
+    image: str
+    engine_state: str
+    cpus: float | None  # the allotment it was created with; None: unlimited or not recorded
 
 
 @dataclass
@@ -109,8 +164,15 @@ class _Known:
     cgroup: CgroupFiles | None
 
 
-class DockerProvider:
+def _published(ip: str | None, port: int | str) -> str:
+    """The address of a published port; a wildcard binding is reached on loopback."""
+    host = ip or "127.0.0.1"
+    return format_address("127.0.0.1" if host in ("0.0.0.0", "::", "") else host, port)
+
+
+class DockerProvider(NoConsole):
     tier = "docker"
+    capabilities: frozenset[Capability] = frozenset()
 
     def __init__(
         self,
@@ -123,6 +185,9 @@ class DockerProvider:
         command: Sequence[str] | None = None,
         host: str | None = None,
         stats_source: str = "auto",  # auto (cgroup, else stream) | cgroup | stream | oneshot
+        *,
+        revision: str,
+        events: EventSink = no_events,
     ) -> None:
         if stats_source not in STATS_SOURCES:
             raise ValueError(
@@ -137,10 +202,12 @@ class DockerProvider:
         self.command = list(command) if command is not None else None
         self.host = host
         self.stats_source = stats_source
+        self.revision = revision
+        self.events = events
         self._client: docker.DockerClient | None = None
         self._client_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
-        self._cpu = CpuTracker()
+        self._cpu = CpuRate()  # per container id
         self._known: dict[str, _Known] = {}
         self._locator: CgroupLocator | None = None
         self._streams: StatsStreams | None = None
@@ -150,7 +217,7 @@ class DockerProvider:
     # ---- engine connection -------------------------------------------------------------------------
     @property
     def engine(self) -> str:
-        return self.host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        return self.host or os.environ.get("DOCKER_HOST") or DEFAULT_ENGINE
 
     def client(self) -> docker.DockerClient:
         """The SDK client, connected on first use (and again after the engine was lost)."""
@@ -169,8 +236,8 @@ class DockerProvider:
             return docker.DockerClient(base_url=self.host, **kwargs)
         return docker.from_env(**kwargs)
 
-    def _unreachable(self, exc: BaseException) -> ProviderError:
-        return ProviderError(
+    def _unreachable(self, exc: BaseException) -> TierUnavailable:
+        return TierUnavailable(
             f"Docker engine unreachable at {self.engine} ({_reason(exc)}); is dockerd running?"
         )
 
@@ -182,8 +249,9 @@ class DockerProvider:
                 self._client = None
 
     @contextlib.contextmanager
-    def _engine(self, what: str) -> Iterator[None]:
-        """SDK/transport failures → one-line ProviderErrors; forget the client if the engine went away."""
+    def _engine(self, what: str, refused: type[ProviderError] = ProviderError) -> Iterator[None]:
+        """SDK/transport failures → one-line typed ProviderErrors; forget the client if the engine went
+        away. `refused`: the class for an error answer that is not "not found" (creates: CreateRejected)."""
         try:
             yield
         except ProviderError:
@@ -191,11 +259,20 @@ class DockerProvider:
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
             self._drop_client()
             if isinstance(exc, requests.exceptions.ReadTimeout):
-                raise ProviderError(f"Docker engine at {self.engine} did not answer {what} in time") from None
+                raise ProviderTimeout(
+                    f"Docker engine at {self.engine} did not answer {what} in time"
+                ) from None
             raise self._unreachable(exc) from None
+        except docker.errors.ImageNotFound as exc:
+            raise TemplateError(f"{what}: {_api_message(exc)}") from None
+        except docker.errors.NotFound as exc:
+            raise ReplicaGone(f"{what}: {_api_message(exc)}") from None
         except docker.errors.APIError as exc:
-            msg = exc.explanation if isinstance(exc.explanation, str) and exc.explanation else str(exc)
-            raise ProviderError(f"{what}: {msg}") from None
+            status = exc.status_code
+            # 400 on a create or start: the engine refuses what the template asks (e.g. a command that
+            # does not exist in the image); retrying the same template cannot work.
+            kind = TemplateError if refused is CreateRejected and status == 400 else refused
+            raise kind(f"{what}: {_api_message(exc)}") from None
         except docker.errors.DockerException as exc:
             self._drop_client()
             raise self._unreachable(exc) from None
@@ -208,8 +285,8 @@ class DockerProvider:
         try:
             with self._engine(what):
                 return fn()
-        except ProviderError as first:
-            if self._client is not None:  # the failure was not the engine being unreachable
+        except TierUnavailable as first:
+            if isinstance(first, ProviderTimeout):  # a hung engine: asking again would hang again
                 raise
             try:
                 with self._engine(what):
@@ -224,9 +301,9 @@ class DockerProvider:
             "listing containers", lambda: self.client().api.containers(all=True, filters=filters)
         )
 
-    def list(self) -> list[Replica]:
+    def list(self) -> Listing:
         out = [r for row in self._containers() if (r := self._replica(row)) is not None]
-        return sorted(out, key=lambda r: r.created_at)
+        return Listing(sorted(out, key=lambda r: r.created_at))
 
     def _replica(self, row: Mapping[str, Any]) -> Replica | None:
         labels = row.get("Labels") or {}
@@ -244,9 +321,7 @@ class DockerProvider:
         address = None
         for p in row.get("Ports") or []:
             if p.get("PrivatePort") == cport and p.get("Type") == "tcp" and p.get("PublicPort"):
-                ip = p.get("IP") or "127.0.0.1"
-                ip = "127.0.0.1" if ip in ("0.0.0.0", "::", "") else ip
-                address = f"[{ip}]:{p['PublicPort']}" if ":" in ip else f"{ip}:{p['PublicPort']}"
+                address = _published(p.get("IP"), p["PublicPort"])
                 break
         engine_state = str(row.get("State") or "")
         state: ReplicaState
@@ -257,19 +332,24 @@ class DockerProvider:
         else:  # exited, dead, removing
             state = "failed"
         names = row.get("Names") or []
+        cpus: float | None = None
+        with contextlib.suppress(ValueError):
+            cpus = float(labels.get(LABEL_CPUS) or 0) or None
         return Replica(
             id=rid,
             group=self.group,
             address=address,
             state=state,
             created_at=created,
-            detail={
-                "container": str(row.get("Id", "")),
-                "name": names[0].lstrip("/") if names else "",
-                "image": str(row.get("Image", "")),
-                "engine_state": engine_state,
-                "cpus": str(labels.get(LABEL_CPUS) or ""),
-            },
+            revision=str(labels.get(LABEL_REVISION) or ""),  # "" on containers made before revisions
+            host=str(labels.get(LABEL_HOST) or ""),
+            ref=str(row.get("Id", "")),
+            tier_data=DockerData(
+                name=names[0].lstrip("/") if names else "",
+                image=str(row.get("Image", "")),
+                engine_state=engine_state,
+                cpus=cpus,
+            ),
         )
 
     # ---- create --------------------------------------------------------------------------------------
@@ -281,7 +361,7 @@ class DockerProvider:
                 info = api.inspect_image(self.image)
             except docker.errors.ImageNotFound:
                 if self.image != DEMO_IMAGE or not WORKLOAD_BUILD_SH.is_file():
-                    raise ProviderError(
+                    raise TemplateError(
                         f"template.image: {self.image!r} is not on the Docker engine at {self.engine}; "
                         "build, load or pull it first (tierscale never pulls; demo image: make docker-image)"
                     ) from None
@@ -293,15 +373,21 @@ class DockerProvider:
         with _DEMO_BUILD_LOCK:  # concurrent creates build it once
             try:
                 build_demo_image(self.client())
-                return self.client().api.inspect_image(self.image)
-            except (ImageBuildError, docker.errors.DockerException, OSError) as exc:
-                raise ProviderError(f"template.image: cannot build {DEMO_IMAGE}: {exc}") from None
+            except ImageBuildError as exc:
+                raise TemplateError(f"template.image: cannot build {DEMO_IMAGE}: {exc}") from None
+            info = self.client().api.inspect_image(self.image)
+        self.events(
+            "provider_info",
+            f"built the demo image {DEMO_IMAGE} on the Docker engine at {self.engine}",
+            {"image": DEMO_IMAGE, "engine": self.engine},
+        )
+        return info
 
     def _check_exposed(self, info: Mapping[str, Any]) -> None:
         exposed = set((info.get("Config") or {}).get("ExposedPorts") or {})
         # An image that declares no ports may still listen anywhere; one that declares ports documents them.
         if exposed and f"{self.port}/tcp" not in exposed:
-            raise ProviderError(
+            raise TemplateError(
                 f"template.port: image {self.image!r} does not expose port {self.port}/tcp "
                 f"(it exposes {', '.join(sorted(exposed))})"
             )
@@ -317,6 +403,8 @@ class DockerProvider:
             LABEL_PORT: str(self.port),
             LABEL_CREATED: f"{created:.6f}",
             LABEL_CPUS: f"{self.cpus:g}" if self.cpus else "",
+            LABEL_REVISION: self.revision,
+            LABEL_HOST: self.engine,
         }
         env = {**self.env, "TIERSCALE_REPLICA": replica_id, "TIERSCALE_GROUP": self.group}
         command = (
@@ -324,7 +412,7 @@ class DockerProvider:
             if self.command is not None
             else None
         )
-        with self._engine(f"creating container {name}"):
+        with self._engine(f"creating container {name}", refused=CreateRejected):
             host_config = api.create_host_config(
                 port_bindings={self.port: (_publish_ip(self.engine), None)},  # None: the engine picks
                 nano_cpus=int(self.cpus * 1e9) if self.cpus else None,
@@ -342,17 +430,15 @@ class DockerProvider:
                 detach=True,
             )["Id"]
         try:
-            with self._engine(f"starting container {name}"):
+            with self._engine(f"starting container {name}", refused=CreateRejected):
                 api.start(cid)
                 info = api.inspect_container(cid)
             bindings = ((info.get("NetworkSettings") or {}).get("Ports") or {}).get(f"{self.port}/tcp") or []
             if not bindings or not bindings[0].get("HostPort"):
-                raise ProviderError(
+                raise CreateRejected(
                     f"container {name}: the engine published no host port for {self.port}/tcp"
                 )
-            ip = bindings[0].get("HostIp") or "127.0.0.1"
-            ip = "127.0.0.1" if ip in ("0.0.0.0", "::", "") else ip
-            address = f"{ip}:{bindings[0]['HostPort']}"
+            address = _published(bindings[0].get("HostIp"), bindings[0]["HostPort"])
         except BaseException:
             # Nothing half-created: a container that did not start is removed again.
             with contextlib.suppress(Exception):
@@ -364,7 +450,10 @@ class DockerProvider:
             address,
             "running",
             created,
-            {"container": cid, "name": name, "image": self.image, "engine_state": "running"},
+            revision=self.revision,
+            host=self.engine,
+            ref=cid,
+            tier_data=DockerData(name=name, image=self.image, engine_state="running", cpus=self.cpus),
         )
 
     # ---- delete --------------------------------------------------------------------------------------
@@ -373,14 +462,16 @@ class DockerProvider:
         api = self.client().api
         for row in self._containers(f"{LABEL_REPLICA}={replica.id}"):
             cid = row["Id"]
-            try:
-                with self._engine(f"stopping container {cid[:12]}"):
+            with contextlib.suppress(ReplicaGone), self._engine(f"stopping container {cid[:12]}"):
+                try:
                     if row.get("State") in ("running", "paused", "restarting"):
                         api.stop(cid, timeout=max(0, math.ceil(grace)))
                     api.remove_container(cid, force=True, v=True)
-            except ProviderError as exc:
-                if "No such container" not in str(exc) and "is already in progress" not in str(exc):
-                    raise
+                except docker.errors.APIError as exc:
+                    # 409 Conflict on a forced remove: another remove of it is already under way (the
+                    # engine finishes it); 404 is mapped to ReplicaGone by `_engine`.
+                    if exc.status_code != 409:
+                        raise
             self._known.pop(cid, None)
             self._cpu.forget(cid)
 
@@ -459,9 +550,7 @@ class DockerProvider:
             return self._stats(replicas)
 
     def _stats(self, replicas: list[Replica]) -> dict[str, ReplicaStats]:
-        targets = {
-            r.detail["container"]: r for r in replicas if r.detail.get("container") and r.state == "running"
-        }
+        targets = {r.ref: r for r in replicas if r.ref and r.state == "running"}
         if not targets:
             if self._streams is not None:
                 self._streams.watch(set())
@@ -473,10 +562,18 @@ class DockerProvider:
             sample = samples.get(cid)
             if sample is None:
                 continue
-            cpus = self._allotment(r)
-            pct = self._cpu.percent(cid, sample, cpus, r.created_at)
+            allot_milli = round(self._allotment(r) * 1000)
+            pre = CpuReading(sample.pre.cpu_ns / 1e9, sample.pre.at) if sample.pre is not None else None
+            pct = self._cpu.percent(
+                cid,
+                sample.cpu_ns / 1e9,
+                allot_milli,
+                at=sample.at,
+                lifetime=time.time() - r.created_at,
+                previous=pre,  # the engine's own previous reading: a real interval even on first sight
+            )
             out[r.id] = ReplicaStats(
-                cpu_percent=pct, cpu_allotment_milli=round(cpus * 1000), memory_bytes=sample.memory_bytes
+                cpu_percent=pct, cpu_allotment_milli=allot_milli, memory_bytes=sample.memory_bytes
             )
         # Readings of containers that are gone are dropped; the others are kept for the next pass.
         for cid in set(self._known) - set(targets):
@@ -486,10 +583,9 @@ class DockerProvider:
 
     def _allotment(self, r: Replica) -> float:
         """Cores the percent refers to: the container's NanoCpus, or one core when unlimited."""
-        with contextlib.suppress(ValueError):
-            v = float(r.detail.get("cpus") or 0)
-            if v > 0:
-                return v
+        data = r.tier_data
+        if isinstance(data, DockerData) and data.cpus:
+            return data.cpus
         return self.cpus or 1.0
 
     def close(self) -> None:

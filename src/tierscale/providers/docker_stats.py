@@ -14,6 +14,8 @@ computation `docker stats` does, minus the wait. Two sources of readings:
   round trip at all. (The engine samples every container once a second for as long as it is watched.)
 - Engine API one-shot (`oneshot`, measured, not chosen): `stats?stream=false&one-shot=true` still waits
   for the engine's next 1-second collection cycle, so even all containers at once cost ~1 s per pass.
+
+The utilization itself is computed by `cpu_rate.CpuRate`, as for every tier.
 """
 
 from __future__ import annotations
@@ -268,39 +270,3 @@ class StatsStreams:
         with self._lock:
             for cid in list(self._streams):
                 self._stop(cid)
-
-
-class CpuTracker:
-    """Utilization from consecutive readings, kept per container between passes."""
-
-    MIN_INTERVAL = 0.2  # shorter windows are noise; keep the older reading and report the last value
-
-    def __init__(self) -> None:
-        self._prev: dict[str, Sample] = {}
-        self._last: dict[str, float] = {}
-
-    def percent(self, key: str, s: Sample, allotment_cores: float, created_at: float) -> float:
-        prev = self._prev.get(key)
-        if prev is None and s.pre is not None:
-            prev = s.pre  # the engine's own previous reading: a real interval even on first sight
-        if prev is not None and s.cpu_ns >= prev.cpu_ns:
-            dt = s.at - prev.at
-            if dt < self.MIN_INTERVAL and key in self._last:
-                return self._last[key]
-            used = (s.cpu_ns - prev.cpu_ns) / 1e9 / max(dt, 1e-3)
-        else:
-            # First sight (or a counter reset): the lifetime average is the best one-reading estimate.
-            used = s.cpu_ns / 1e9 / max(1e-3, time.time() - created_at)
-        self._prev[key] = s
-        pct = max(0.0, 100.0 * used / allotment_cores)
-        self._last[key] = pct
-        return pct
-
-    def forget(self, key: str) -> None:
-        self._prev.pop(key, None)
-        self._last.pop(key, None)
-
-    def retain(self, keys: set[str]) -> None:
-        for k in set(self._prev) - keys:
-            self._prev.pop(k, None)
-            self._last.pop(k, None)

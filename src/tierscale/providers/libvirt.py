@@ -1,9 +1,11 @@
 """libvirt tier: each replica is a QEMU/KVM virtual machine, driven through libvirt-python.
 
-Create: a persistent domain is defined first (its ownership element marks it ours before anything else
-exists), then its qcow2 overlay on the golden image is made through libvirt's storage API, then it is
-started. Any failure on the way removes what was made and raises `ProviderError`, so the controller
-records it and retries with backoff. The replica's identity reaches the guest twice: kernel command line
+Create: a persistent domain is defined first (its ownership element marks it ours, with the template
+revision and the libvirt URI, before anything else exists), then its qcow2 overlay on the golden image is
+made through libvirt's storage API, then it is started. Any failure on the way removes what was made and
+raises a typed `ProviderError` (`TemplateError` for sources that are missing or out of QEMU's reach,
+`CreateRejected` otherwise, `TierUnavailable` when libvirtd is gone), so the controller records it and
+retries with backoff. The replica's identity reaches the guest twice: kernel command line
 `tierscale.replica=ID` (kernel boots) and the SMBIOS system serial (any image).
 
 List: domains named `tierscale-<group>-*` whose metadata says group=<group> (SPEC §5); a restarted
@@ -12,20 +14,23 @@ controller adopts them, and no other domain is ever looked at twice or touched.
 Delete: ACPI shutdown with `grace` seconds to finish, then destroy, undefine, remove the overlay.
 
 Stats: one `virConnectDomainListGetStats` call for all replicas; CPU % from `cpu.time` deltas over wall
-time and vCPUs.
+time and vCPUs (`cpu_rate`).
 
 Networking `user`: QEMU user networking forwards a free 127.0.0.1 port to the guest's service port; the
 address is read back from the domain XML, so it survives a controller restart. Networking `<name>`: the
 domain joins that libvirt network and its address comes from DHCP leases, ARP or the guest agent.
 
 `domain_type: auto`: `kvm` if libvirt offers KVM there and a probe guest actually boots under it, else
-`qemu` (TCG); see `libvirt_probe`. Warm pool: see `libvirt_pool`.
+`qemu` (TCG); see `libvirt_probe`. Warm pool: see `libvirt_pool`. Both depend on this module only
+through a small Protocol; what only the provider sees (the domain type chosen, warm-pool failures) goes
+to the `events` sink it was built with.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import http.client
 import logging
 import os
@@ -35,13 +40,32 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import libvirt
 
-from tierscale.providers.base import ProviderError, Replica, ReplicaState, ReplicaStats
-from tierscale.providers.libvirt_conn import Connection, error_code, message
+from tierscale.addresses import AddressError, format_address, split_address
+from tierscale.providers.base import (
+    Capability,
+    CreateRejected,
+    EventSink,
+    Listing,
+    NoConsole,
+    ProviderError,
+    Replica,
+    ReplicaGone,
+    ReplicaState,
+    ReplicaStats,
+    TemplateError,
+    TierUnavailable,
+    no_events,
+)
+from tierscale.providers.cpu_rate import CpuRate
+from tierscale.providers.libvirt_conn import Connection, error_code, system_errno
+from tierscale.providers.libvirt_entry import Entry, first_ipv4, is_local_uri
+from tierscale.providers.libvirt_pool import WarmPool
+from tierscale.providers.libvirt_probe import choose_domain_type
 from tierscale.providers.libvirt_storage import OverlayStore
 from tierscale.providers.libvirt_xml import (
     DEFAULT_CMDLINE,
@@ -57,6 +81,9 @@ from tierscale.providers.libvirt_xml import (
     render_domain,
 )
 
+if TYPE_CHECKING:
+    from tierscale.config.models import LibvirtGroup, LibvirtTemplate
+
 log = logging.getLogger("tierscale.libvirt")
 
 SYSTEM_OVERLAY_DIR = "/var/lib/libvirt/images/tierscale"
@@ -69,11 +96,20 @@ MIN_SAMPLE_INTERVAL = 0.5  # s: a CPU delta over less than this is mostly noise
 BOOT_SHARES = 256
 SERVING_SHARES = 1024
 PORT_ATTEMPTS = 3  # a forwarded port taken between choosing it and QEMU binding it: choose again
+LOOPBACK = "127.0.0.1"
+# libvirt errors that say the domain definition itself is wrong: the template must change.
+_TEMPLATE_CODES = frozenset(
+    {
+        libvirt.VIR_ERR_XML_ERROR,
+        libvirt.VIR_ERR_XML_DETAIL,
+        libvirt.VIR_ERR_CONFIG_UNSUPPORTED,
+        libvirt.VIR_ERR_NO_SUPPORT,
+        libvirt.VIR_ERR_INVALID_ARG,
+    }
+)
+_TEMPLATE_ERRNOS = frozenset({errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR})
 
-
-def is_local_uri(uri: str) -> bool:
-    host = urlsplit(uri).hostname
-    return host in (None, "", "localhost", "127.0.0.1", "::1")
+__all__ = ["Entry", "LibvirtData", "LibvirtProvider", "first_ipv4", "is_local_uri", "make_libvirt_provider"]
 
 
 def default_overlay_dir(uri: str) -> str:
@@ -82,37 +118,47 @@ def default_overlay_dir(uri: str) -> str:
     return SYSTEM_OVERLAY_DIR
 
 
-@dataclass
-class Entry:
-    """One of our domains as the last scan saw it."""
+@dataclass(frozen=True)
+class LibvirtData:
+    """What the libvirt tier keeps on a `Replica` for itself (`Replica.ref` is the domain name)."""
 
-    dom: libvirt.virDomain
-    name: str
-    owner: Owner
-    facts: DomainFacts
-    state: int  # libvirt.VIR_DOMAIN_* state
-    reason: int = 0  # why it is in that state (VIR_DOMAIN_PAUSED_USER: we paused it)
-
-    @property
-    def paused_by_us(self) -> bool:
-        # A domain is also briefly paused while QEMU starts up; only a deliberate pause counts.
-        return self.state == libvirt.VIR_DOMAIN_PAUSED and self.reason == libvirt.VIR_DOMAIN_PAUSED_USER
+    domain_type: str  # kvm | qemu
+    overlay: str | None  # the qcow2 overlay tierscale made for it
 
 
-class LibvirtProvider:
+def _unsearchable(paths: list[str]) -> str | None:
+    """The first directory above one of `paths` that other users cannot enter: QEMU runs as its own
+    user (libvirt-qemu on Debian) and cannot open what lies below it."""
+    for path in paths:
+        for parent in Path(path).parents:
+            try:
+                if not parent.stat().st_mode & 0o001:
+                    return str(parent)
+            except OSError:
+                continue
+    return None
+
+
+class LibvirtProvider(NoConsole):
     tier = "libvirt"
+    # No CONSOLE: the serial console is a pty for `virsh console`; nothing logs it to read back.
+    capabilities: frozenset[Capability] = frozenset()
 
     def __init__(
         self,
         group: str,
-        state_dir: Path,
-        template: Any,
+        template: LibvirtTemplate,
         warm_pool: int = 0,
         health_path: str = "/healthz",
         boot_timeout: float = 60.0,
+        *,
+        revision: str,
+        events: EventSink = no_events,
     ) -> None:
         self.group = group
-        self.state_dir = Path(state_dir)
+        self.revision = revision
+        self.events = events
+        self.host = template.uri  # what replicas are stamped with: the hypervisor, as libvirt names it
         self.local = is_local_uri(template.uri)
         if self.local:
             # libvirtd resolves paths against its own working directory: make relative ones (as in
@@ -136,18 +182,12 @@ class LibvirtProvider:
         self._facts: dict[str, DomainFacts] = {}  # by domain UUID: the XML parts that never change
         self._addresses: dict[str, str] = {}  # by domain UUID: addresses found on libvirt networks
         self._doms: dict[str, tuple[int, libvirt.virDomain]] = {}  # by name: (connection generation, dom)
-        self._last_cpu: dict[str, tuple[int, float]] = {}  # replica id -> (cpu.time ns, monotonic s)
-        self._last_pct: dict[str, float] = {}  # replica id -> the last utilization computed
+        self._cpu = CpuRate(min_interval=MIN_SAMPLE_INTERVAL)  # per replica id
         self._domain_type: str | None = None if template.domain_type == "auto" else template.domain_type
         self._type_lock = threading.Lock()
-        self._events: Any = None
         self._watching: set[str] = set()  # booting VMs whose CPU weight goes up once they serve
         self._closing = threading.Event()
-        self.pool: Any = None
-        if warm_pool > 0:
-            from tierscale.providers.libvirt_pool import WarmPool
-
-            self.pool = WarmPool(self, warm_pool)
+        self.pool: WarmPool | None = WarmPool(self, warm_pool) if warm_pool > 0 else None
 
     # ------------------------------------------------------------------ scanning
     def scan(self) -> list[Entry]:
@@ -205,7 +245,7 @@ class LibvirtProvider:
                 and e.facts.host_port is not None
                 and e.state == libvirt.VIR_DOMAIN_RUNNING
             ):
-                self._watch_boot(e.name, f"127.0.0.1:{e.facts.host_port}")
+                self._watch_boot(e.name, format_address(LOOPBACK, e.facts.host_port))
         return entries
 
     def _state(self, e: Entry) -> ReplicaState:
@@ -220,7 +260,7 @@ class LibvirtProvider:
 
     def _address(self, e: Entry) -> str | None:
         if e.facts.host_port is not None:
-            return f"127.0.0.1:{e.facts.host_port}"
+            return format_address(LOOPBACK, e.facts.host_port)
         uuid = e.dom.UUIDString()
         if uuid in self._addresses:
             return self._addresses[uuid]
@@ -244,25 +284,25 @@ class LibvirtProvider:
                 continue
             addr = first_ipv4(ifaces)
             if addr:
-                return f"{addr}:{self.t.port}"
+                return format_address(addr, self.t.port)
         return None
 
     def replica_of(self, e: Entry) -> Replica:
-        detail = {"domain": e.name, "domain_type": e.facts.domain_type}
-        if e.facts.overlay:
-            detail["overlay"] = e.facts.overlay
         return Replica(
             id=e.owner.id,
             group=self.group,
             address=self._address(e),
             state=self._state(e),
             created_at=e.owner.created,
-            detail=detail,
+            revision=e.owner.revision,  # "" on domains made before revisions
+            host=e.owner.host,
+            ref=e.name,
+            tier_data=LibvirtData(e.facts.domain_type, e.facts.overlay or None),
         )
 
     # ------------------------------------------------------------------ Provider
-    def list(self) -> list[Replica]:
-        return [self.replica_of(e) for e in self.scan() if e.owner.role == "replica"]
+    def list(self) -> Listing:
+        return Listing(self.replica_of(e) for e in self.scan() if e.owner.role == "replica")
 
     def create(self, replica_id: str) -> Replica:
         self._start_background()
@@ -272,13 +312,12 @@ class LibvirtProvider:
                 return taken
         replica = self.boot(replica_id, "replica", self.domain_type())
         if replica.address is not None:
-            self._watch_boot(replica.detail["domain"], replica.address)
+            self._watch_boot(replica.ref, replica.address)
         return replica
 
     def delete(self, replica: Replica, grace: float = 5.0) -> None:
-        self.remove(domain_name(self.group, replica.id), grace)
-        self._last_cpu.pop(replica.id, None)
-        self._last_pct.pop(replica.id, None)
+        self.remove(replica.ref or domain_name(self.group, replica.id), grace)
+        self._cpu.forget(replica.id)
 
     def stats(self, replicas: list[Replica]) -> dict[str, ReplicaStats]:
         self._start_background()
@@ -315,17 +354,9 @@ class LibvirtProvider:
                 continue
             vcpus = int(rec.get("vcpu.current") or self.t.vcpus or 1)
             allot_milli = round(self.t.cpus * 1000) if self.t.cpus else vcpus * 1000
-            cpu_ns = int(rec["cpu.time"])
-            prev = self._last_cpu.get(rid)
-            pct: float | None = self._last_pct.get(rid)
-            if prev is None or cpu_ns < prev[0]:
-                self._last_cpu[rid] = (cpu_ns, now)  # first sight (or a restarted QEMU): no delta yet
-                pct = None
-            elif now - prev[1] >= MIN_SAMPLE_INTERVAL:
-                pct = 100.0 * (cpu_ns - prev[0]) / ((now - prev[1]) * 1e6 * allot_milli)
-                self._last_cpu[rid] = (cpu_ns, now)
-                self._last_pct[rid] = pct
-            # else: asked again right away (the loop woke early): the last value stands, the baseline stays
+            # First sight (or a restarted QEMU): no delta yet, None. Asked again right away (the loop
+            # woke early): the last value stands, the baseline stays.
+            pct = self._cpu.percent(rid, int(rec["cpu.time"]) / 1e9, allot_milli, at=now)
             rss_kib = rec.get("balloon.rss") or rec.get("balloon.current")
             out[rid] = ReplicaStats(
                 cpu_percent=pct,
@@ -350,9 +381,7 @@ class LibvirtProvider:
             log.warning("%s: cleanup on close incomplete: %s", self.group, exc)
         finally:
             self.conn.close()
-            if self._events is not None:
-                self._events.close()
-                self._events = None
+            self._cpu.clear()
 
     # ------------------------------------------------------------------ boot
     def domain_type(self) -> str:
@@ -360,13 +389,11 @@ class LibvirtProvider:
             return self._domain_type
         with self._type_lock:
             if self._domain_type is None:
-                from tierscale.providers.libvirt_probe import choose_domain_type
-
                 dtype, reason = choose_domain_type(self)
                 self._domain_type = dtype
                 text = f"domain_type auto: using {dtype} ({'KVM' if dtype == 'kvm' else 'TCG'}): {reason}"
                 (log.info if dtype == "kvm" else log.warning)("%s: %s", self.group, text)
-                self.record_event("provider_info", text, domain_type=dtype, reason=reason)
+                self._event("provider_info", text, {"domain_type": dtype, "reason": reason})
             return self._domain_type
 
     def _check_sources(self) -> None:
@@ -376,7 +403,7 @@ class LibvirtProvider:
         for key in ("base_image", "kernel", "initrd"):
             path = getattr(self.t, key)
             if path is not None and not os.path.isfile(path):
-                raise ProviderError(f"template.{key} {path} does not exist")
+                raise TemplateError(f"template.{key} {path} does not exist")
 
     def _choose_port(self) -> int:
         """A free loopback port that none of this group's VMs forwards (callers hold `_lock`)."""
@@ -387,7 +414,7 @@ class LibvirtProvider:
                 port = int(s.getsockname()[1])
             if port not in used:
                 return port
-        raise ProviderError("no free loopback port for the VM's forward")
+        raise CreateRejected("no free loopback port for the VM's forward")
 
     def _cmdline(self, replica_id: str, overlay: bool) -> str | None:
         if not self.t.kernel:
@@ -435,7 +462,7 @@ class LibvirtProvider:
         """Define (or, transient, create) and start one VM; on failure nothing of it is left."""
         name = domain_name(self.group, replica_id)
         created = time.time()
-        owner = Owner(self.group, replica_id, created, role)
+        owner = Owner(self.group, replica_id, created, role, revision=self.revision, host=self.host)
         volume = f"{name}.qcow2"
         overlay = self.store.volume_path(volume) if self.store is not None else None
         with self._lock:
@@ -469,13 +496,14 @@ class LibvirtProvider:
                         dom.create()
                     break
                 except libvirt.libvirtError as exc:
-                    text = message(exc)
-                    if user_net and "forwarding" in text and attempt + 1 < PORT_ATTEMPTS:
+                    # QEMU could not bind the forward: the port was taken between choosing and binding
+                    # it (told from the port's state, not from QEMU's words).
+                    if port is not None and attempt + 1 < PORT_ATTEMPTS and not _port_is_free(port):
                         log.info("%s: port %s taken meanwhile; choosing another", name, port)
                         self._undefine(dom)
                         dom = None
                         continue
-                    raise self.conn.translate(exc, "start") from None
+                    raise self.conn.translate(exc, "start", refused=self._refusal(exc)) from None
             uuid = dom.UUIDString() if dom is not None else ""
             facts = parse_facts(xml)
             with self._lock:
@@ -484,21 +512,46 @@ class LibvirtProvider:
                     self._doms[name] = (self.conn.generation, dom)
         except ProviderError as exc:
             self._discard(name, dom, volume if made_volume else None)
+            kind: type[ProviderError] = type(exc)
             hint = ""
-            if "Permission denied" in str(exc):
+            # Told from the file system, not from QEMU's words: a source QEMU's user cannot reach.
+            blocked = None
+            if self.local and not isinstance(exc, TemplateError | TierUnavailable):
+                blocked = _unsearchable(self._sources())
+            if blocked is not None:
+                kind = TemplateError
                 hint = (
-                    " (QEMU runs as its own user, libvirt-qemu on Debian: every directory above the image"
-                    " and kernel files must be searchable by it)"
+                    f" ({blocked} is not searchable by other users: QEMU runs as its own user, libvirt-qemu"
+                    " on Debian, and every directory above the image and kernel files must be searchable"
+                    " by it)"
                 )
-            raise ProviderError(f"VM {name} did not start: {exc}{hint}") from None
+            raise kind(f"VM {name} did not start: {exc}{hint}") from None
         finally:
             with self._lock:
                 self._busy.discard(name)
-        address = f"127.0.0.1:{facts.host_port}" if facts.host_port is not None else None
-        detail = {"domain": name, "domain_type": domain_type}
-        if overlay:
-            detail["overlay"] = overlay
-        return Replica(replica_id, self.group, address, "running", created, detail)
+        address = format_address(LOOPBACK, facts.host_port) if facts.host_port is not None else None
+        return Replica(
+            replica_id,
+            self.group,
+            address,
+            "running",
+            created,
+            revision=self.revision,
+            host=self.host,
+            ref=name,
+            tier_data=LibvirtData(domain_type, overlay),
+        )
+
+    def _sources(self) -> list[str]:
+        return [p for k in ("base_image", "kernel", "initrd") if (p := getattr(self.t, k))]
+
+    @staticmethod
+    def _refusal(exc: libvirt.libvirtError) -> type[ProviderError]:
+        """What a failed define/start means: a definition or source problem (TemplateError), or the host
+        refusing this VM now (CreateRejected: memory, a busy device, QEMU exiting)."""
+        if error_code(exc) in _TEMPLATE_CODES or system_errno(exc) in _TEMPLATE_ERRNOS:
+            return TemplateError
+        return CreateRejected
 
     def _undefine(self, dom: libvirt.virDomain | None) -> None:
         if dom is None:
@@ -629,7 +682,8 @@ class LibvirtProvider:
     # ------------------------------------------------------------------ pool support
     def promote(self, e: Entry) -> Replica:
         """A warm-pool VM becomes a replica: re-mark it, then resume it."""
-        owner = Owner(self.group, e.owner.id, time.time(), "replica")
+        # Its revision and host stay those it was booted with (the pool hands out current ones only).
+        owner = dataclasses.replace(e.owner, created=time.time(), role="replica")
         with self._lock:
             self._busy.add(e.name)
         try:
@@ -653,7 +707,7 @@ class LibvirtProvider:
     def suspend(self, name: str) -> None:
         dom = self._lookup(name)
         if dom is None:
-            raise ProviderError(f"{name} vanished before it could be paused")
+            raise ReplicaGone(f"{name} vanished before it could be paused")
         try:
             dom.suspend()
         except libvirt.libvirtError as exc:
@@ -661,10 +715,13 @@ class LibvirtProvider:
 
     def wait_serving(self, address: str, timeout: float, stop: threading.Event | None = None) -> bool:
         """Poll GET `health_path` on `address` until it answers 2xx; False after `timeout` (or `stop`)."""
-        host, _, port = address.rpartition(":")
+        try:
+            host, port = split_address(address)
+        except AddressError:
+            return False
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not (stop and stop.is_set()):
-            conn = http.client.HTTPConnection(host, int(port), timeout=0.5)
+            conn = http.client.HTTPConnection(host, port, timeout=0.5)
             try:
                 conn.request("GET", self.health_path)
                 if 200 <= conn.getresponse().status < 300:
@@ -736,27 +793,21 @@ class LibvirtProvider:
         if self.pool is not None:
             self.pool.start()
 
-    def record_event(self, kind: str, text: str, **data: Any) -> None:
-        """An event in the group's history (`tierscale events`), for what only the provider sees."""
-        path = self.state_dir / "events.db"
-        if not path.exists():
-            return
+    def _event(self, kind: str, text: str, data: dict[str, Any]) -> None:
+        """What only the provider sees, to the sink it was built with (the controller records it)."""
         try:
-            if self._events is None:
-                from tierscale.eventstore import EventStore
-
-                self._events = EventStore(path)
-            self._events.record_event(self.group, kind, text, None, data or None)
+            self.events(kind, text, data)
         except Exception as exc:  # the history is a convenience; never fail a VM operation over it
-            log.debug("cannot record event: %s", exc)
+            log.debug("%s: event sink failed: %s", self.group, exc)
 
 
-def first_ipv4(ifaces: dict[str, Any]) -> str | None:
-    for iface in ifaces.values():
-        for a in (iface or {}).get("addrs") or []:
-            if a.get("type") == libvirt.VIR_IP_ADDR_TYPE_IPV4 and a.get("addr"):
-                return str(a["addr"])
-    return None
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
 
 
 def _exists(dom: libvirt.virDomain) -> bool:
@@ -767,13 +818,16 @@ def _exists(dom: libvirt.virDomain) -> bool:
         return False
 
 
-def make_libvirt_provider(group: Any, state_dir: Path) -> LibvirtProvider:
+def make_libvirt_provider(
+    group: LibvirtGroup, *, revision: str, events: EventSink = no_events
+) -> LibvirtProvider:
     """The provider for a validated `tier: libvirt` group."""
     return LibvirtProvider(
         group.name,
-        state_dir,
         group.template,
         warm_pool=group.warm_pool.size,
         health_path=group.health.path,
         boot_timeout=max(10.0, group.health.startup_grace),
+        revision=revision,
+        events=events,
     )

@@ -1,8 +1,10 @@
 """One libvirt connection per provider that survives a libvirtd restart.
 
-libvirt errors become `ProviderError` with the operation named. When the daemon goes away (restart,
-crash, remote host unreachable) the dead connection is dropped and the next call opens a new one, so the
-control loop sees a few `ProviderError`s while libvirtd is down and carries on once it is back.
+libvirt errors become typed `ProviderError`s with the operation named, told apart by libvirt's error
+code and domain (never by the message): `TierUnavailable` when libvirtd cannot be reached, `ReplicaGone`
+for a domain that no longer exists. When the daemon goes away (restart, crash, remote host unreachable)
+the dead connection is dropped and the next call opens a new one, so the control loop sees a few
+`TierUnavailable`s while libvirtd is down and carries on once it is back.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import TypeVar
 
 import libvirt
 
-from tierscale.providers.base import ProviderError
+from tierscale.providers.base import ProviderError, ReplicaGone, TierUnavailable
 
 log = logging.getLogger("tierscale.libvirt")
 T = TypeVar("T")
@@ -40,6 +42,16 @@ def message(exc: libvirt.libvirtError) -> str:
     return (exc.get_error_message() or str(exc)).strip()
 
 
+def system_errno(exc: libvirt.libvirtError) -> int | None:
+    """The errno of a system error (VIR_ERR_SYSTEM_ERROR carries it in int1), else None."""
+    if error_code(exc) != libvirt.VIR_ERR_SYSTEM_ERROR:
+        return None
+    with contextlib.suppress(AttributeError, TypeError, ValueError):
+        value = int(exc.get_int1() or 0)
+        return value if value > 0 else None
+    return None
+
+
 class Connection:
     def __init__(self, uri: str) -> None:
         self.uri = uri
@@ -60,7 +72,7 @@ class Connection:
             try:
                 self._conn = libvirt.open(self.uri)
             except libvirt.libvirtError as exc:
-                raise ProviderError(f"cannot connect to libvirt at {self.uri}: {message(exc)}") from None
+                raise TierUnavailable(f"cannot connect to libvirt at {self.uri}: {message(exc)}") from None
             self._generation += 1
             self._tsc_read = False
             return self._conn
@@ -84,19 +96,25 @@ class Connection:
             return True
 
     def call(self, what: str, fn: Callable[[libvirt.virConnect], T]) -> T:
-        """Run `fn(conn)`; a libvirt error becomes ProviderError("<what>: <libvirt's message>")."""
+        """Run `fn(conn)`; a libvirt error becomes a ProviderError("<what>: <libvirt's message>")."""
         conn = self.get()
         try:
             return fn(conn)
         except libvirt.libvirtError as exc:
             raise self.translate(exc, what) from None
 
-    def translate(self, exc: libvirt.libvirtError, what: str) -> ProviderError:
+    def translate(
+        self, exc: libvirt.libvirtError, what: str, refused: type[ProviderError] = ProviderError
+    ) -> ProviderError:
+        """The typed error for `exc`: TierUnavailable (transport), ReplicaGone (no such domain), else
+        `refused` (what the caller's operation means by a refusal, e.g. CreateRejected)."""
         if self.is_transport_error(exc):
             log.warning("libvirt connection to %s lost (%s); reconnecting on the next call", self.uri, exc)
             self.drop()
-            return ProviderError(f"{what}: libvirt at {self.uri} unreachable: {message(exc)}")
-        return ProviderError(f"{what}: {message(exc)}")
+            return TierUnavailable(f"{what}: libvirt at {self.uri} unreachable: {message(exc)}")
+        if error_code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
+            return ReplicaGone(f"{what}: {message(exc)}")
+        return refused(f"{what}: {message(exc)}")
 
     def tsc_khz(self) -> int | None:
         """The host's TSC frequency from libvirt's capabilities (works for remote hosts too)."""

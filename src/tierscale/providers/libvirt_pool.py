@@ -7,7 +7,9 @@ controller), and is removed by `close()` when the controller stops (a paused VM 
 `take()` (called by `create`) re-marks the oldest paused member as a replica and resumes it: its guest is
 already serving, so the replica answers health checks within milliseconds instead of after a boot. A
 background thread keeps `size` members: it boots one (cold, as `create` would), waits until its health
-path answers, pauses it, and repeats; a failure backs off exponentially and is recorded as an event.
+path answers, pauses it, and repeats; a failure backs off exponentially and is reported through the
+provider's event sink. Members booted from another template revision are never handed out: they are
+removed, and the refill boots current ones.
 """
 
 from __future__ import annotations
@@ -16,21 +18,53 @@ import logging
 import secrets
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from tierscale.providers.base import ProviderError, Replica
+from tierscale.providers.base import EventSink, ProviderError, Replica
+from tierscale.providers.libvirt_entry import Entry
 from tierscale.providers.libvirt_xml import domain_name
-
-if TYPE_CHECKING:
-    from tierscale.providers.libvirt import Entry, LibvirtProvider
 
 log = logging.getLogger("tierscale.libvirt")
 
 IDLE_CHECK = 5.0  # how often a full pool re-checks its members (one may have been destroyed)
 
 
+class PoolHost(Protocol):
+    """What the pool needs of the libvirt provider (which it never imports)."""
+
+    group: str
+    revision: str
+    events: EventSink
+    boot_timeout: float
+    health_path: str
+
+    def scan(self) -> list[Entry]: ...
+
+    def promote(self, e: Entry) -> Replica: ...
+
+    def boot(self, replica_id: str, role: str, domain_type: str, transient: bool = False) -> Replica: ...
+
+    def domain_type(self) -> str: ...
+
+    def remove(self, name: str, grace: float) -> None: ...
+
+    def remove_many(self, names: list[str], grace: float) -> None: ...
+
+    def collect_garbage(self) -> None: ...
+
+    def suspend(self, name: str) -> None: ...
+
+    def raise_priority(self, name: str) -> None: ...
+
+    def wait_serving(self, address: str, timeout: float, stop: threading.Event | None = None) -> bool: ...
+
+    def wait_for_address(self, replica_id: str, timeout: float) -> bool: ...
+
+    def address_of(self, replica_id: str) -> str | None: ...
+
+
 class WarmPool:
-    def __init__(self, provider: LibvirtProvider, size: int) -> None:
+    def __init__(self, provider: PoolHost, size: int) -> None:
         self.p = provider
         self.size = size
         self._take_lock = threading.Lock()
@@ -61,9 +95,10 @@ class WarmPool:
         return [e for e in self.p.scan() if e.owner.role == "pool"]
 
     def ready(self) -> list[Entry]:
-        """Paused members, oldest first. Pausing is the last thing the refill does to a member, so a
-        paused one is finished (a member being booted is still running)."""
-        return sorted((e for e in self.members() if e.paused_by_us), key=lambda e: e.owner.created)
+        """Paused members of the current revision, oldest first. Pausing is the last thing the refill
+        does to a member, so a paused one is finished (a member being booted is still running)."""
+        current = (e for e in self.members() if e.paused_by_us and e.owner.revision == self.p.revision)
+        return sorted(current, key=lambda e: e.owner.created)
 
     def take(self) -> Replica | None:
         """Resume a paused member as a replica; None when the pool is empty (the caller boots cold)."""
@@ -97,7 +132,12 @@ class WarmPool:
         while not self._stop.is_set():
             delay = IDLE_CHECK
             try:
-                if len(self.members()) < self.size:
+                members = self.members()
+                stale = [e.name for e in members if e.owner.revision != self.p.revision]
+                if stale:  # booted from an older template: never handed out, replaced by current ones
+                    self.p.remove_many(stale, grace=0.0)
+                    members = [e for e in members if e.name not in stale]
+                if len(members) < self.size:
                     self._fill_one()
                     self._failures = 0
                     self.last_error = None
@@ -108,7 +148,7 @@ class WarmPool:
                 text = f"warm pool: {exc}; retrying in {delay:.0f}s"
                 log.warning("%s: %s", self.p.group, text)
                 if self.last_error != str(exc):  # one event per distinct failure, not one per retry
-                    self.p.record_event("provider_error", text, error=str(exc))
+                    self._event("provider_error", text, {"error": str(exc), "error_type": type(exc).__name__})
                 self.last_error = str(exc)
             except Exception:  # the pool is an optimisation: it must never take the provider down
                 log.exception("%s: warm pool refill crashed", self.p.group)
@@ -117,10 +157,19 @@ class WarmPool:
                 self._wake.wait(delay)
                 self._wake.clear()
 
-    def _startup_cleanup(self) -> None:
-        """A running (not paused) member was being prepared by a controller that died: start over."""
+    def _event(self, kind: str, text: str, data: dict[str, str]) -> None:
         try:
-            stale = [e.name for e in self.members() if not e.paused_by_us]
+            self.p.events(kind, text, data)
+        except Exception as exc:  # the history is a convenience; never stop the pool over it
+            log.debug("%s: event sink failed: %s", self.p.group, exc)
+
+    def _startup_cleanup(self) -> None:
+        """A running (not paused) member was being prepared by a controller that died, and a member of
+        another revision will never be handed out: start over."""
+        try:
+            stale = [
+                e.name for e in self.members() if not e.paused_by_us or e.owner.revision != self.p.revision
+            ]
             self.p.remove_many(stale, grace=0.0)
             self.p.collect_garbage()
         except ProviderError as exc:

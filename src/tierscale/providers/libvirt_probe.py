@@ -20,17 +20,37 @@ import secrets
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from tierscale.providers.base import ProviderError
+from tierscale.providers.base import ProviderError, Replica
+from tierscale.providers.libvirt_conn import Connection
 from tierscale.providers.libvirt_xml import domain_name
 
 if TYPE_CHECKING:
-    from tierscale.providers.libvirt import LibvirtProvider
+    from tierscale.config.models import LibvirtTemplate
 
 log = logging.getLogger("tierscale.libvirt")
 
 PROBE_TIMEOUT_CAP = 15.0  # a working KVM boots the demo image in well under a second
+
+
+class ProbeHost(Protocol):
+    """What the probe needs of the libvirt provider (which it never imports)."""
+
+    group: str
+    conn: Connection
+    local: bool
+    t: LibvirtTemplate
+    boot_timeout: float
+    health_path: str
+
+    def boot(self, replica_id: str, role: str, domain_type: str, transient: bool = False) -> Replica: ...
+
+    def wait_serving(self, address: str, timeout: float) -> bool: ...
+
+    def wait_for_address(self, replica_id: str, timeout: float) -> bool: ...
+
+    def remove(self, name: str, grace: float) -> None: ...
 
 
 def cache_path() -> Path:
@@ -38,7 +58,7 @@ def cache_path() -> Path:
     return Path(base) / "tierscale" / "libvirt-domain-type.json"
 
 
-def cache_key(provider: LibvirtProvider) -> str:
+def cache_key(provider: ProbeHost) -> str:
     """The host (uuid, boot, libvirt and QEMU versions) and the template's boot source."""
     conn = provider.conn
     caps = conn.call("read host capabilities", lambda c: c.getCapabilities())
@@ -75,7 +95,7 @@ def _write_cache(key: str, dtype: str, reason: str) -> None:
         tmp.replace(path)
 
 
-def choose_domain_type(provider: LibvirtProvider) -> tuple[str, str]:
+def choose_domain_type(provider: ProbeHost) -> tuple[str, str]:
     """("kvm" | "qemu", why), from the cache or by probing."""
     key = cache_key(provider)
     hit = _read_cache().get(key)
@@ -90,7 +110,7 @@ def choose_domain_type(provider: LibvirtProvider) -> tuple[str, str]:
     return dtype, reason
 
 
-def probe_kvm(provider: LibvirtProvider, timeout: float) -> tuple[bool, str]:
+def probe_kvm(provider: ProbeHost, timeout: float) -> tuple[bool, str]:
     """Boot the template once under KVM; (True, how long it took) if it came up within `timeout`."""
     rid = "kvmprobe-" + secrets.token_hex(3)
     name = domain_name(provider.group, rid)

@@ -9,16 +9,25 @@ group has no overlay left, which is what `tierscale down` ends with.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import threading
 
 import libvirt
 
-from tierscale.providers.base import ProviderError
-from tierscale.providers.libvirt_conn import Connection, error_code, message
+from tierscale.providers.base import CreateRejected, ProviderError, TemplateError
+from tierscale.providers.libvirt_conn import Connection, error_code, message, system_errno
 from tierscale.providers.libvirt_xml import pool_xml, volume_xml
 
 log = logging.getLogger("tierscale.libvirt")
+
+
+def _create_refusal(exc: libvirt.libvirtError) -> type[ProviderError]:
+    """A golden image that is missing or unreadable on the libvirt host is the template's problem."""
+    missing = error_code(exc) == libvirt.VIR_ERR_NO_STORAGE_VOL
+    if missing or system_errno(exc) in (errno.ENOENT, errno.EACCES, errno.EPERM):
+        return TemplateError
+    return CreateRejected
 
 
 class OverlayStore:
@@ -61,13 +70,15 @@ class OverlayStore:
             vol = pool.createXML(xml, 0)
         except libvirt.libvirtError as exc:
             if error_code(exc) != libvirt.VIR_ERR_STORAGE_VOL_EXIST:
-                raise self.conn.translate(exc, f"create overlay {name} on {base_image}") from None
+                what = f"create overlay {name} on {base_image}"
+                raise self.conn.translate(exc, what, refused=_create_refusal(exc)) from None
             # Left over from a crash between creating it and defining its domain: start afresh.
             self.delete(name)
             try:
                 vol = pool.createXML(xml, 0)
             except libvirt.libvirtError as exc2:
-                raise self.conn.translate(exc2, f"create overlay {name} on {base_image}") from None
+                what = f"create overlay {name} on {base_image}"
+                raise self.conn.translate(exc2, what, refused=_create_refusal(exc2)) from None
         return str(vol.path())
 
     def delete(self, name: str) -> None:

@@ -43,15 +43,19 @@ ROLES = ("replica", "pool", "probe")
 class Owner:
     """The ownership element: which group and replica a domain is, and tierscale's bookkeeping.
 
-    SPEC §5 names `group` and `id`; `created` (wall-clock seconds it became a replica) and `role` are
-    tierscale's own additions. Only role "replica" is a replica; "pool" is a paused warm-pool VM and
-    "probe" the short-lived guest that tells whether KVM works, both outside the balancer.
+    SPEC §5 names `group` and `id`; `created` (wall-clock seconds it became a replica), `role`,
+    `revision` (the template revision it was booted from) and `host` (the libvirt URI it was made
+    through) are tierscale's own additions; the last two are "" on domains made before revisions. Only
+    role "replica" is a replica; "pool" is a paused warm-pool VM and "probe" the short-lived guest that
+    tells whether KVM works, both outside the balancer.
     """
 
     group: str
     id: str
     created: float
     role: str = "replica"
+    revision: str = ""
+    host: str = ""
 
     def element(self, prefixed: bool = True) -> str:
         """`<tierscale:replica .../>` for the domain XML; unprefixed for `virDomainSetMetadata`."""
@@ -59,6 +63,10 @@ class Owner:
         attrs = f"group={quoteattr(self.group)} id={quoteattr(self.id)} created={quoteattr(created)}"
         if self.role != "replica":
             attrs += f" role={quoteattr(self.role)}"
+        if self.revision:
+            attrs += f" revision={quoteattr(self.revision)}"
+        if self.host:
+            attrs += f" host={quoteattr(self.host)}"
         if not prefixed:
             return f"<replica {attrs}/>"
         return f'<{OWNER_PREFIX}:replica xmlns:{OWNER_PREFIX}="{OWNER_NS}" {attrs}/>'
@@ -83,7 +91,14 @@ def parse_owner(xml: str) -> Owner | None:
     except ValueError:
         created = 0.0
     role = el.get("role") or "replica"
-    return Owner(group=group, id=rid, created=created, role=role if role in ROLES else "replica")
+    return Owner(
+        group=group,
+        id=rid,
+        created=created,
+        role=role if role in ROLES else "replica",
+        revision=el.get("revision") or "",
+        host=el.get("host") or "",
+    )
 
 
 @dataclass(frozen=True)

@@ -1,36 +1,59 @@
 """OpenStack tier: each replica is a Nova server, driven through openstacksdk (no CLI).
 
 Ownership lives in Nova: every server we create carries the metadata `tierscale_group` and
-`tierscale_replica` (SPEC §5) and is named `<group>-<replica>`. `list` returns exactly the project's
-servers with this group's marks, so a restarted controller adopts them and a hand-made server is never
-touched.
+`tierscale_replica` (SPEC §5), and `tierscale_revision` (the template revision), and is named
+`<group>-<replica>`. `list` returns exactly the project's servers with this group's marks, so a restarted
+controller adopts them and a hand-made server is never touched. A replica's host is the server's compute
+host where the API shows it (admins), else the cloud's name.
 
 `create` blocks (the controller runs it in a thread) until the server is ACTIVE or `boot_timeout` passes.
 A server that ends in ERROR or does not boot in time is deleted at once and the call raises
-`ProviderError` with Nova's fault message; the controller records it and retries with exponential
+`CreateRejected` with Nova's fault message; the controller records it and retries with exponential
 backoff, so a cloud that cannot place the server ("No valid host") or has no quota left is never hit in a
-tight create/delete loop.
+tight create/delete loop. Errors are typed from the SDK's exception classes and HTTP statuses:
+`TierUnavailable` (cloud unreachable, credentials refused), `TemplateError` (image, flavor or network not
+found), `CreateRejected` (quota, no valid host), `ReplicaGone`.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import openstack.exceptions as os_exc
 
-from tierscale.providers.base import ProviderError, Replica, ReplicaStats
-from tierscale.providers.openstack_cloud import SDK_ERRORS, Cloud, describe, http_status, open_cloud
+from tierscale.providers.base import (
+    Capability,
+    CreateRejected,
+    EventSink,
+    Listing,
+    ProviderError,
+    Replica,
+    ReplicaStats,
+    TemplateError,
+    no_events,
+)
+from tierscale.providers.cpu_rate import CpuRate
+from tierscale.providers.openstack_cloud import (
+    SDK_ERRORS,
+    Cloud,
+    describe,
+    error_class,
+    http_status,
+    open_cloud,
+)
 from tierscale.providers.openstack_servers import (
     CREATED_KEY,
     GROUP_KEY,
     REPLICA_KEY,
+    REVISION_KEY,
     cpu_seconds,
     created_at,
     fault_message,
@@ -39,6 +62,9 @@ from tierscale.providers.openstack_servers import (
     pick_address,
     replica_state,
 )
+
+if TYPE_CHECKING:
+    from tierscale.config.models import OpenstackTemplate
 
 log = logging.getLogger("tierscale.openstack")
 
@@ -62,18 +88,34 @@ class Resolved:
     network_name: str | None
 
 
+@dataclass(frozen=True)
+class OpenstackData:
+    """What the OpenStack tier keeps on a `Replica` for itself (`Replica.ref` is the server id)."""
+
+    name: str
+    status: str
+    vcpus: int | None  # from the flavor embedded in the server, when the API shows it
+    fault: str | None  # Nova's fault of a server in ERROR
+
+
 class OpenstackProvider:
     tier = "openstack"
+    capabilities: frozenset[Capability] = frozenset({Capability.CONSOLE})
 
     def __init__(
         self,
         group: str,
-        template: Any,
+        template: OpenstackTemplate,
         collect_cpu: bool = True,
         delete_timeout: float = 120.0,
         cloud: Cloud | None = None,
+        *,
+        revision: str,
+        events: EventSink = no_events,
     ) -> None:
         self.group = group
+        self.revision = revision
+        self.events = events
         self.t = template
         self.collect_cpu = collect_cpu
         self.delete_timeout = delete_timeout
@@ -84,8 +126,8 @@ class OpenstackProvider:
         # Servers whose create call is still waiting for ACTIVE: that call owns them (and deletes them if
         # they fail), so `list` does not report them as replicas of their own yet.
         self._inflight: set[str] = set()
-        # replica id -> (guest cpu seconds, monotonic time) of the previous diagnostics sample
-        self._last_cpu: dict[str, tuple[float, float]] = {}
+        # per replica id: the previous diagnostics sample (guest CPU seconds)
+        self._cpu = CpuRate(min_interval=0.05)
         self._diagnostics_denied_until = 0.0
 
     @property
@@ -97,13 +139,15 @@ class OpenstackProvider:
         return self.cloud.api_calls
 
     @contextlib.contextmanager
-    def _api(self, what: str) -> Iterator[None]:
+    def _api(self, what: str, refused: type[ProviderError] = ProviderError) -> Iterator[None]:
+        """SDK failures → typed one-line errors (`openstack_cloud.error_class`); `refused`: the class of
+        an error answer to this call (creates: CreateRejected)."""
         try:
             yield
         except ProviderError:
             raise
         except SDK_ERRORS as exc:
-            raise ProviderError(f"{what}: {describe(exc, self.cloud)}") from exc
+            raise error_class(exc, refused)(f"{what}: {describe(exc, self.cloud)}") from exc
 
     # ---- name resolution -------------------------------------------------------------------------
     def _find(self, key: str, service: str, name_or_id: str) -> Any:
@@ -118,11 +162,11 @@ class OpenstackProvider:
         except ProviderError as exc:
             cause = exc.__cause__
             if isinstance(cause, os_exc.DuplicateResource):
-                raise ProviderError(
+                raise TemplateError(
                     f"template.{key}: several {kind}s are named {name_or_id!r} {where}: give its id"
                 ) from None
             if isinstance(cause, os_exc.NotFoundException):
-                raise ProviderError(f"template.{key}: {kind} {name_or_id!r} not found {where}") from None
+                raise TemplateError(f"template.{key}: {kind} {name_or_id!r} not found {where}") from None
             raise
 
     def _resolve(self) -> Resolved:
@@ -163,15 +207,25 @@ class OpenstackProvider:
         if state is None:
             return None
         address = pick_address(server.addresses, self._address_network(), self.t.port)
-        detail = {"server_id": server.id, "name": server.name or "", "status": server.status or ""}
-        vcpus = flavor_vcpus(server.flavor)
-        if vcpus:
-            detail["vcpus"] = str(vcpus)
-        if server.status == "ERROR":
-            detail["fault"] = fault_message(server.fault)
-        return Replica(rid, self.group, address if state == "running" else None, state, born, detail)
+        data = OpenstackData(
+            name=server.name or "",
+            status=server.status or "",
+            vcpus=flavor_vcpus(server.flavor),
+            fault=fault_message(server.fault) if server.status == "ERROR" else None,
+        )
+        return Replica(
+            rid,
+            self.group,
+            address if state == "running" else None,
+            state,
+            born,
+            revision=str(md.get(REVISION_KEY) or ""),  # "" on servers made before revisions
+            host=str(getattr(server, "compute_host", None) or self.cloud.name),
+            ref=str(server.id),
+            tier_data=data,
+        )
 
-    def list(self) -> list[Replica]:
+    def list(self) -> Listing:
         with self._api("list servers"):
             servers = list(self.conn.compute.servers(details=True))
         now = time.time()
@@ -188,16 +242,9 @@ class OpenstackProvider:
             if rid in out:
                 # Two servers with one replica id should never happen; if it does, show the second under
                 # its own id so the controller sees (and scales away) both instead of orphaning one.
-                replica = Replica(
-                    f"{rid}-{server.id[:8]}",
-                    self.group,
-                    replica.address,
-                    replica.state,
-                    replica.created_at,
-                    replica.detail,
-                )
+                replica = dataclasses.replace(replica, id=f"{rid}-{server.id[:8]}")
             out[replica.id] = replica
-        return list(out.values())
+        return Listing(out.values())
 
     def create(self, replica_id: str) -> Replica:
         r = self._resolve()
@@ -208,7 +255,12 @@ class OpenstackProvider:
             "name": name,
             "image_id": r.image_id,
             "flavor_id": r.flavor_id,
-            "metadata": {GROUP_KEY: self.group, REPLICA_KEY: replica_id, CREATED_KEY: f"{born:.3f}"},
+            "metadata": {
+                GROUP_KEY: self.group,
+                REPLICA_KEY: replica_id,
+                CREATED_KEY: f"{born:.3f}",
+                REVISION_KEY: self.revision,
+            },
             # `networks` is mandatory from microversion 2.37 on (the SDK negotiates the newest): with neither
             # key in the template, "auto" is Nova's old default (the project's only network, or one made
             # for it).
@@ -220,7 +272,7 @@ class OpenstackProvider:
             attrs["security_groups"] = [{"name": sg} for sg in t.security_groups]
         if t.user_data:
             attrs["user_data"] = base64.b64encode(t.user_data.encode()).decode()
-        with self._api(f"create server {name}"):
+        with self._api(f"create server {name}", refused=CreateRejected):
             server = self.conn.compute.create_server(**attrs)
         with self._lock:
             self._inflight.add(server.id)
@@ -231,7 +283,7 @@ class OpenstackProvider:
                 self._inflight.discard(server.id)
         replica = self._replica(server, replica_id, time.time())
         if replica is None:  # deleted behind our back the moment it came up
-            raise ProviderError(f"server {name} disappeared right after it became ACTIVE")
+            raise CreateRejected(f"server {name} disappeared right after it became ACTIVE")
         return replica
 
     def _wait_active(self, server_id: str, name: str, born: float) -> Any:
@@ -244,7 +296,7 @@ class OpenstackProvider:
             try:
                 server = self.conn.compute.get_server(server_id)
             except os_exc.NotFoundException:
-                raise ProviderError(f"server {name} disappeared while booting") from None
+                raise CreateRejected(f"server {name} disappeared while booting") from None
             except SDK_ERRORS as exc:
                 # A flaky API while the server boots is not the server's failure; keep asking until the
                 # deadline.
@@ -257,10 +309,10 @@ class OpenstackProvider:
                 if status == "ERROR":
                     reason = fault_message(server.fault)
                     cleanup = self._destroy(server_id, name)
-                    raise ProviderError(f"server {name} went to ERROR: {reason}; {cleanup}")
+                    raise CreateRejected(f"server {name} went to ERROR: {reason}; {cleanup}")
             if time.time() >= deadline:
                 cleanup = self._destroy(server_id, name)
-                raise ProviderError(
+                raise CreateRejected(
                     f"server {name} not ACTIVE after boot_timeout {self.t.boot_timeout:g}s "
                     f"(status {status}); {cleanup}"
                 )
@@ -302,19 +354,23 @@ class OpenstackProvider:
         The controller has already taken the replica out of the balancer and waited for its requests to
         finish; Nova's delete then powers the guest off, so `grace` has nothing left to do here.
         """
-        server_id = replica.detail.get("server_id")
-        if not server_id:
-            raise ProviderError(f"replica {replica.id} has no server id")
-        self._delete_and_wait(server_id, replica.detail.get("name") or replica.id)
-        self._last_cpu.pop(replica.id, None)
+        self._cpu.forget(replica.id)
+        # A replica known only by its id (not from a listing) is found by its marks; none: already gone.
+        server_ids = [replica.ref] if replica.ref else self._servers_of(replica.id)
+        for server_id in server_ids:
+            self._delete_and_wait(server_id, _name(replica))
+
+    def _servers_of(self, replica_id: str) -> list[str]:
+        with self._api("list servers"):
+            servers = list(self.conn.compute.servers(details=True))
+        return [str(s.id) for s in servers if owned_by(s.metadata, self.group) == replica_id]
 
     def console_output(self, replica: Replica) -> str:
         """The server's console log (what `health.type: console` searches for its marker)."""
-        server_id = replica.detail.get("server_id")
-        if not server_id:
+        if not replica.ref:
             return ""
-        with self._api(f"console of {replica.detail.get('name') or replica.id}"):
-            body = self.conn.compute.get_server_console_output(server_id)
+        with self._api(f"console of {_name(replica)}"):
+            body = self.conn.compute.get_server_console_output(replica.ref)
         return str((body or {}).get("output") or "")
 
     def stats(self, replicas: list[Replica]) -> dict[str, ReplicaStats]:
@@ -330,7 +386,7 @@ class OpenstackProvider:
         out: dict[str, ReplicaStats] = {}
         seen: set[str] = set()
         for r in replicas:
-            server_id = r.detail.get("server_id")
+            server_id = r.ref
             if r.state != "running" or not server_id:
                 continue
             seen.add(r.id)
@@ -349,21 +405,18 @@ class OpenstackProvider:
                     ) from None
                 if status == 409:
                     continue  # not running right now (e.g. rebooting)
-                raise ProviderError(f"diagnostics of {r.id}: {describe(exc, self.cloud)}") from exc
-            vcpus = int(r.detail.get("vcpus") or (self._resolved.vcpus if self._resolved else 1))
+                raise error_class(exc)(f"diagnostics of {r.id}: {describe(exc, self.cloud)}") from exc
+            data = r.tier_data if isinstance(r.tier_data, OpenstackData) else None
+            vcpus = (data.vcpus if data else None) or (self._resolved.vcpus if self._resolved else 1)
             allot = vcpus * 1000
             memory = None
             md = diag.memory_details or {}
             if isinstance(md.get("used"), int | float):
                 memory = int(md["used"] * 1024 * 1024)  # Nova reports MiB
             cpu = cpu_seconds(diag.cpu_details)
-            now = time.monotonic()
-            prev = self._last_cpu.get(r.id)
             pct: float | None = None
-            if cpu is not None:
-                self._last_cpu[r.id] = (cpu, now)
-                if prev is not None and now - prev[1] > 0.05:
-                    pct = max(0.0, 100.0 * (cpu - prev[0]) / (now - prev[1]) / vcpus)
+            if cpu is not None:  # a rate needs two samples: None on the first
+                pct = self._cpu.percent(r.id, cpu, allot)
             if pct is None and cpu is None:
                 # Some drivers give only a utilisation percentage per vCPU.
                 utils = [c.get("utilisation") for c in diag.cpu_details or ()]
@@ -372,11 +425,15 @@ class OpenstackProvider:
             if pct is None and memory is None:
                 continue  # first sample: a rate needs two
             out[r.id] = ReplicaStats(cpu_percent=pct, cpu_allotment_milli=allot, memory_bytes=memory)
-        for gone in set(self._last_cpu) - seen:
-            self._last_cpu.pop(gone, None)
+        self._cpu.retain(seen)
         return out
 
     def close(self) -> None:
-        self._last_cpu.clear()
+        self._cpu.clear()
         with contextlib.suppress(Exception):
             self.cloud.close()
+
+
+def _name(replica: Replica) -> str:
+    data = replica.tier_data
+    return data.name if isinstance(data, OpenstackData) and data.name else replica.id

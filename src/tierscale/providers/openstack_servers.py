@@ -10,6 +10,7 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from tierscale.addresses import format_address
 from tierscale.providers.base import ReplicaState
 
 GROUP_KEY = "tierscale_group"
@@ -17,6 +18,7 @@ REPLICA_KEY = "tierscale_replica"
 # The controller's own clock at create time: provisioning times and startup grace stay measured on one
 # clock across a restart, whatever the cloud's clock says.
 CREATED_KEY = "tierscale_created_at"
+REVISION_KEY = "tierscale_revision"  # the template revision the server was created from
 
 # Statuses in which the guest is (or soon is again) up: health checks decide whether it serves.
 RUNNING = frozenset({"ACTIVE", "REBOOT", "HARD_REBOOT", "PASSWORD", "MIGRATING", "RESIZE", "VERIFY_RESIZE"})
@@ -73,12 +75,11 @@ def replica_state(
     return "failed"
 
 
-def _host(ip: str) -> str | None:
+def _ip(ip: str) -> str | None:
     try:
-        addr = ipaddress.ip_address(ip)
+        return str(ipaddress.ip_address(ip))
     except ValueError:
         return None
-    return f"[{addr}]" if addr.version == 6 else str(addr)
 
 
 def pick_address(
@@ -97,9 +98,9 @@ def pick_address(
     for name in names:
         entries = [e for e in addresses.get(name) or () if isinstance(e, Mapping) and e.get("addr")]
         for entry in sorted(entries, key=rank):
-            host = _host(str(entry["addr"]))
+            host = _ip(str(entry["addr"]))
             if host:
-                return f"{host}:{port}"
+                return format_address(host, port)
     return None
 
 

@@ -1,14 +1,15 @@
 """Process tier: each replica is a local process started from `template.command`.
 
 Ownership lives on disk: one JSON pid file per replica under `<state_dir>/groups/<group>/replicas/`,
-holding the pid and the process start time (so a recycled pid is never mistaken for ours). Processes
-run in their own session, so they outlive a controller that is SIGKILLed, and a restarted controller
-adopts them from those files.
+holding the pid and the process start time (so a recycled pid is never mistaken for ours), the template
+revision it was started from and the host. Processes run in their own session, so they outlive a
+controller that is SIGKILLed, and a restarted controller adopts them from those files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -17,12 +18,31 @@ import subprocess
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
+from tierscale.addresses import format_address
 from tierscale.private_dirs import make_private_dir
-from tierscale.providers.base import ProviderError, Replica, ReplicaState, ReplicaStats
+from tierscale.providers.base import (
+    Capability,
+    CreateRejected,
+    EventSink,
+    Listing,
+    NoConsole,
+    Replica,
+    ReplicaState,
+    ReplicaStats,
+    TemplateError,
+    TierUnavailable,
+    no_events,
+)
+from tierscale.providers.cpu_rate import CpuRate
+
+LOOPBACK = "127.0.0.1"
+# A command that cannot run as given: the template must change before a retry can work.
+_TEMPLATE_ERRNOS = frozenset({errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.ENOTDIR, errno.EISDIR})
 
 
 def _port_is_free(port: int) -> bool:
@@ -35,8 +55,22 @@ def _port_is_free(port: int) -> bool:
     return True
 
 
-class ProcessProvider:
+@dataclass(frozen=True)
+class ProcessData:
+    """What the process tier keeps on a `Replica` for itself."""
+
+    pid: int | None  # None while a create is still starting it
+    port: int
+
+
+def _port_of(replica: Replica) -> int | None:
+    data = replica.tier_data
+    return data.port if isinstance(data, ProcessData) else None
+
+
+class ProcessProvider(NoConsole):
     tier = "process"
+    capabilities: frozenset[Capability] = frozenset()
 
     def __init__(
         self,
@@ -47,16 +81,21 @@ class ProcessProvider:
         cpus: float = 1.0,
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
+        *,
+        revision: str,
+        events: EventSink = no_events,
     ) -> None:
         self.group = group
+        self.revision = revision
+        self.events = events
+        self.host = socket.gethostname()
         self.dir = Path(state_dir) / "groups" / group / "replicas"
         self.command = list(command)
         self.port_range = port_range
         self.allotment_milli = max(1, round(cpus * 1000))
         self.env = dict(env or {})
         self.cwd = cwd
-        # replica id -> (cpu seconds, wall seconds) of the previous reading, for utilization deltas
-        self._last_cpu: dict[str, tuple[float, float]] = {}
+        self._cpu = CpuRate()  # per replica id: the previous reading, for utilization deltas
         # Creates run concurrently in threads; picking a port and writing the pid file that claims it
         # must be one step, or two replicas pick the same port before either has bound it.
         self._create_lock = threading.Lock()
@@ -88,11 +127,15 @@ class ProcessProvider:
             return None
 
     # ---- Provider ----------------------------------------------------------------------------------
-    def list(self) -> list[Replica]:
-        if not self.dir.is_dir():
-            return []
+    def list(self) -> Listing:
+        try:
+            if not self.dir.is_dir():
+                return Listing()
+            paths = sorted(self.dir.glob("*.json"))
+        except OSError as exc:  # the state directory itself is out of reach
+            raise TierUnavailable(f"cannot read {self.dir}: {exc.strerror or exc}") from None
         out: list[Replica] = []
-        for path in sorted(self.dir.glob("*.json")):
+        for path in paths:
             rec = self._read(path)
             if rec is None:
                 continue
@@ -103,17 +146,24 @@ class ProcessProvider:
             age = time.time() - float(rec.get("created_at", 0.0))  # type: ignore[arg-type]
             if rec.get("pid") is None and not alive and age < 30:
                 state = "provisioning"  # claimed a moment ago; its process is being started
-            out.append(
-                Replica(
-                    id=str(rec.get("id", path.stem)),
-                    group=self.group,
-                    address=f"127.0.0.1:{rec.get('port')}",
-                    state=state,
-                    created_at=float(rec.get("created_at", 0.0)),  # type: ignore[arg-type]
-                    detail={"pid": str(rec.get("pid")), "port": str(rec.get("port"))},
-                )
-            )
-        return out
+            out.append(self._replica(path.stem, rec, state))
+        return Listing(out)
+
+    def _replica(self, stem: str, rec: Mapping[str, object], state: ReplicaState) -> Replica:
+        pid, port = rec.get("pid"), rec.get("port")
+        pid = pid if isinstance(pid, int) else None
+        port = port if isinstance(port, int) else 0
+        return Replica(
+            id=str(rec.get("id", stem)),
+            group=self.group,
+            address=format_address(LOOPBACK, port) if port else None,
+            state=state,
+            created_at=float(rec.get("created_at", 0.0)),  # type: ignore[arg-type]
+            revision=str(rec.get("revision") or ""),  # "" in records written before revisions
+            host=str(rec.get("host") or ""),
+            ref=str(pid) if pid is not None else "",
+            tier_data=ProcessData(pid, port),
+        )
 
     def _complete(self, path: Path, rec: dict[str, object]) -> dict[str, object]:
         """A claim without a pid: a create in progress, or one a killed controller never finished."""
@@ -126,15 +176,12 @@ class ProcessProvider:
         return rec
 
     def _pick_port(self) -> int:
-        taken = set()
-        for r in self.list():
-            with contextlib.suppress(ValueError):
-                taken.add(int(r.detail.get("port", "0")))
+        taken = {port for r in self.list() if (port := _port_of(r))}
         lo, hi = self.port_range
         for port in range(lo, hi + 1):
             if port not in taken and _port_is_free(port):
                 return port
-        raise ProviderError(f"no free port in port_range [{lo}, {hi}]")
+        raise CreateRejected(f"no free port in port_range [{lo}, {hi}]")
 
     def create(self, replica_id: str) -> Replica:
         with self._create_lock:
@@ -169,19 +216,21 @@ class ProcessProvider:
             "port": port,
             "created_at": created,
             "argv": argv,
+            "revision": self.revision,
+            "host": self.host,
         }
         # The claim is written before anything runs: with a full disk the create fails here, and a
         # controller killed between start and record still finds the process (see `_unrecorded`).
         try:
             self._write_record(replica_id, record)
         except OSError as exc:
-            raise ProviderError(f"cannot write replica record: {exc.strerror or exc}") from exc
+            raise CreateRejected(f"cannot write replica record: {exc.strerror or exc}") from exc
         log_path = self.dir / f"{replica_id}.log"
         try:
             fd = os.open(log_path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
         except OSError as exc:
             self._forget(replica_id)
-            raise ProviderError(f"cannot open replica log: {exc.strerror or exc}") from exc
+            raise CreateRejected(f"cannot open replica log: {exc.strerror or exc}") from exc
         try:
             proc = subprocess.Popen(
                 argv,
@@ -194,7 +243,8 @@ class ProcessProvider:
             )
         except OSError as exc:
             self._forget(replica_id)
-            raise ProviderError(f"cannot start {argv[0]!r}: {exc.strerror or exc}") from exc
+            kind = TemplateError if exc.errno in _TEMPLATE_ERRNOS else CreateRejected
+            raise kind(f"cannot start {argv[0]!r}: {exc.strerror or exc}") from exc
         finally:
             os.close(fd)
         try:
@@ -208,10 +258,8 @@ class ProcessProvider:
             # Unrecorded, it would be a process nobody owns: stop it rather than leak it.
             self._stop(psutil.Process(proc.pid), grace=0.0)
             self._forget(replica_id)
-            raise ProviderError(f"cannot write replica record: {exc.strerror or exc}") from exc
-        return Replica(
-            replica_id, self.group, f"127.0.0.1:{port}", "running", created, {"pid": str(proc.pid)}
-        )
+            raise CreateRejected(f"cannot write replica record: {exc.strerror or exc}") from exc
+        return self._replica(replica_id, record, "running")
 
     def _unrecorded(self, record: Mapping[str, object]) -> psutil.Process | None:
         """The process of a claim whose pid was never written (controller killed mid-create), found by
@@ -232,7 +280,7 @@ class ProcessProvider:
         proc = self._process(rec) if rec else None
         if proc is not None:
             self._stop(proc, grace)
-        self._last_cpu.pop(replica.id, None)
+        self._cpu.forget(replica.id)
         self._forget(replica.id)
 
     @staticmethod
@@ -257,7 +305,6 @@ class ProcessProvider:
             pass
 
     def stats(self, replicas: list[Replica]) -> dict[str, ReplicaStats]:
-        now = time.monotonic()
         out: dict[str, ReplicaStats] = {}
         for r in replicas:
             rec = self._read(self._pidfile(r.id))
@@ -272,16 +319,12 @@ class ProcessProvider:
                     age = max(1e-3, time.time() - proc.create_time())
             except psutil.Error:
                 continue
-            prev = self._last_cpu.get(r.id)
-            self._last_cpu[r.id] = (cpu, now)
             # On first sight of a replica its lifetime average is the best one-shot estimate.
-            fresh = prev is None or now - prev[1] < 0.05
-            used = cpu / age if fresh or prev is None else (cpu - prev[0]) / (now - prev[1])
-            pct = 100.0 * used * 1000.0 / self.allotment_milli
+            pct = self._cpu.percent(r.id, cpu, self.allotment_milli, lifetime=age)
             out[r.id] = ReplicaStats(
-                cpu_percent=max(0.0, pct), cpu_allotment_milli=self.allotment_milli, memory_bytes=rss
+                cpu_percent=pct, cpu_allotment_milli=self.allotment_milli, memory_bytes=rss
             )
         return out
 
     def close(self) -> None:
-        self._last_cpu.clear()
+        self._cpu.clear()
