@@ -9,6 +9,9 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from tierscale.addresses import format_address
+from tierscale.config.models import parse_listen
+
 DEFAULT_URL = "http://127.0.0.1:9900"
 DEFAULT_TOKEN_ENV = "TIERSCALE_API_TOKEN"
 
@@ -26,9 +29,10 @@ def resolve(api: str | None, config: Any | None) -> tuple[str, str, str | None]:
     token_env = config.api.token_env if config is not None else DEFAULT_TOKEN_ENV
     url = api or os.environ.get("TIERSCALE_API")
     if not url and config is not None:
-        host, _, port = config.api.listen.rpartition(":")
-        host = "127.0.0.1" if host in ("*", "0.0.0.0") else host  # listen-all: reach it on loopback
-        url = f"http://{host}:{port}"
+        host, port = parse_listen(config.api.listen)
+        # listen-all: reach it on loopback
+        host = {"*": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+        url = f"http://{format_address(host, port)}"
     return (url or DEFAULT_URL).rstrip("/"), token_env, os.environ.get(token_env) or None
 
 

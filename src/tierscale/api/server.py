@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from tierscale.addresses import host_of
 from tierscale.api.auth import TokenAuth
 from tierscale.api.errors import Handler, error_response, json_errors
 from tierscale.api.routes import Routes
@@ -77,11 +78,7 @@ def _host_guard(listen_host: str) -> web.Middleware:
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        raw = request.host
-        if raw.startswith("["):  # [v6]:port
-            host = raw[1 : raw.find("]")]
-        else:
-            host = raw.rsplit(":", 1)[0] if raw.count(":") == 1 else raw
+        host = host_of(request.host)
         if not (is_loopback(host) or host == listen_host):
             return error_response(421, f"this API answers only on loopback names (got Host {host!r})", "Host")
         return await handler(request)

@@ -36,6 +36,7 @@ from typing import Literal
 
 import psutil
 
+from tierscale.addresses import AddressError, format_address, split_address
 from tierscale.balancer.accesslog import AccessLogReader
 from tierscale.balancer.base import ApplyResult, BalancerError
 from tierscale.private_dirs import make_private_dir
@@ -55,31 +56,23 @@ _ERROR_LINE_RE = re.compile(r"^\S+ \S+ \[(\w+)\] (\d+)#\d+: (.*)$")
 _EXTRA_BIN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/usr/local/nginx/sbin")
 
 
+def _nginx_host(host: str) -> bool:
+    # Anything that is not an IPv4 literal must be a plain DNS name: this string is pasted into the nginx
+    # config, so it must not be able to carry ';', '{', spaces or quotes. (IPv6 comes in brackets.)
+    try:
+        ipaddress.IPv4Address(host)
+        return True
+    except ValueError:
+        return bool(_HOSTNAME_RE.fullmatch(host))
+
+
 def parse_address(address: str) -> tuple[str, int]:
     """Split "host:port" / "[v6]:port" into (host, port); ValueError if it is not a usable address."""
-    if address.startswith("["):
-        host, sep, port_s = address[1:].partition("]:")
-        if not sep:
-            raise ValueError(f"invalid address {address!r}: expected [ipv6]:port")
-        ipaddress.IPv6Address(host)  # raises ValueError
-    else:
-        host, sep, port_s = address.rpartition(":")
-        if not sep or not host:
-            raise ValueError(f"invalid address {address!r}: expected host:port")
-        try:
-            ipaddress.IPv4Address(host)
-        except ValueError:
-            # Anything that is not an IPv4 literal must be a plain DNS name: this string is pasted into
-            # the nginx config, so it must not be able to carry ';', '{', spaces or quotes.
-            if not _HOSTNAME_RE.fullmatch(host):
-                raise ValueError(f"invalid address {address!r}: bad host") from None
-    if not port_s.isdigit() or not 1 <= int(port_s) <= 65535:
-        raise ValueError(f"invalid address {address!r}: bad port")
-    return host, int(port_s)
-
-
-def _format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        return split_address(address, host_ok=_nginx_host)
+    except AddressError as exc:
+        why = {"form": "expected host:port or [ipv6]:port", "host": "bad host", "port": "bad port"}[exc.part]
+        raise ValueError(f"invalid address {address!r}: {why}") from None
 
 
 def _nginx_error_line(output: str) -> str:
@@ -192,7 +185,7 @@ class NginxBalancer:
 
     def render(self, backends: Sequence[str]) -> str:
         """The complete nginx.conf for this set of "host:port" backends (order and duplicates ignored)."""
-        normalized = sorted({_format_address(*parse_address(b)) for b in backends})
+        normalized = sorted({format_address(*parse_address(b)) for b in backends})
         if normalized:
             lines = [f"\n    upstream {_UPSTREAM_NAME} {{"]
             if self.algorithm == "least_conn":
