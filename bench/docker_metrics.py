@@ -103,7 +103,7 @@ def keep_busy(addresses: list[str], stop: threading.Event) -> None:
 
 def run_count(n: int, passes: int, baseline_max: int) -> dict[str, Any]:
     group = "bench-" + secrets.token_hex(3)
-    maker = DockerProvider(group, DEMO_IMAGE, cpus=0.1, memory=32 * 1024**2)
+    maker = DockerProvider(group, DEMO_IMAGE, cpus=0.1, memory=32 * 1024**2, revision="bench")
     stop = threading.Event()
     try:
         with ThreadPoolExecutor(8) as pool:
@@ -117,7 +117,7 @@ def run_count(n: int, passes: int, baseline_max: int) -> dict[str, Any]:
         time.sleep(1.0)
         row: dict[str, Any] = {"containers": n}
         for source in SOURCES:
-            p = DockerProvider(group, DEMO_IMAGE, cpus=0.1, stats_source=source)
+            p = DockerProvider(group, DEMO_IMAGE, cpus=0.1, stats_source=source, revision="bench")
             try:
                 first, steady, got, engine_pct = timed_passes(p, replicas, passes)
                 if source == "auto":
@@ -129,7 +129,7 @@ def run_count(n: int, passes: int, baseline_max: int) -> dict[str, Any]:
             row[f"{source}_samples"] = got
             row[f"{source}_dockerd_cpu_pct"] = engine_pct
         if n <= baseline_max:
-            row["lab_sequential_s"] = round(lab_pass([r.detail["container"] for r in replicas]), 2)
+            row["lab_sequential_s"] = round(lab_pass([r.ref for r in replicas]), 2)
         return row
     finally:
         stop.set()

@@ -38,7 +38,7 @@ def down(config: Config) -> list[str]:
                 with ThreadPoolExecutor(max_workers=max(1, min(16, len(replicas)))) as pool:
                     list(pool.map(lambda r, p=provider: _delete(p, r), replicas))
                 left = provider.list()
-                unseen = getattr(left, "unreachable", frozenset())
+                unseen = left.unreachable
                 provider.close()
                 if left or unseen:
                     where = f" (hosts not answering: {', '.join(sorted(unseen))})" if unseen else ""
