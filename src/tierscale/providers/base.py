@@ -20,7 +20,6 @@ from typing import Any, Literal, Protocol
 # What the tier says of a replica. The controller's own view (ready, draining, ...) is
 # `tierscale.controller.state.ReplicaState`, derived from this plus health and drain.
 TierState = Literal["provisioning", "running", "stopped", "failed"]
-ReplicaState = TierState  # the name the tiers have used since the first wave
 
 
 class Capability(StrEnum):

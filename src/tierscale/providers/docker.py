@@ -47,9 +47,9 @@ from tierscale.providers.base import (
     ProviderTimeout,
     Replica,
     ReplicaGone,
-    ReplicaState,
     ReplicaStats,
     TemplateError,
+    TierState,
     TierUnavailable,
     no_events,
 )
@@ -324,7 +324,7 @@ class DockerProvider(NoConsole):
                 address = _published(p.get("IP"), p["PublicPort"])
                 break
         engine_state = str(row.get("State") or "")
-        state: ReplicaState
+        state: TierState
         if engine_state in ("running", "paused"):  # paused answers no probe: health checks replace it
             state = "running"
         elif engine_state in ("created", "restarting"):

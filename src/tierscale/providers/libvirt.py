@@ -55,9 +55,9 @@ from tierscale.providers.base import (
     ProviderError,
     Replica,
     ReplicaGone,
-    ReplicaState,
     ReplicaStats,
     TemplateError,
+    TierState,
     TierUnavailable,
     no_events,
 )
@@ -248,7 +248,7 @@ class LibvirtProvider(NoConsole):
                 self._watch_boot(e.name, format_address(LOOPBACK, e.facts.host_port))
         return entries
 
-    def _state(self, e: Entry) -> ReplicaState:
+    def _state(self, e: Entry) -> TierState:
         if e.name in self._busy:
             return "provisioning"
         if e.state in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED, libvirt.VIR_DOMAIN_PAUSED):

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tierscale.addresses import format_address
-from tierscale.providers.base import ReplicaState
+from tierscale.providers.base import TierState
 
 GROUP_KEY = "tierscale_group"
 REPLICA_KEY = "tierscale_replica"
@@ -62,7 +62,7 @@ def created_at(metadata: Mapping[str, Any] | None, nova_created: str | None, fal
 
 def replica_state(
     status: str | None, task_state: str | None, age: float, boot_timeout: float
-) -> ReplicaState | None:
+) -> TierState | None:
     """None: the server is on its way out and no longer counts."""
     status = (status or "").upper()
     if status in GONE or task_state == "deleting":

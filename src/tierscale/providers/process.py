@@ -32,9 +32,9 @@ from tierscale.providers.base import (
     Listing,
     NoConsole,
     Replica,
-    ReplicaState,
     ReplicaStats,
     TemplateError,
+    TierState,
     TierUnavailable,
     no_events,
 )
@@ -142,14 +142,14 @@ class ProcessProvider(NoConsole):
             if rec.get("pid") is None:
                 rec = self._complete(path, rec)
             alive = self._process(rec) is not None
-            state: ReplicaState = "running" if alive else "failed"
+            state: TierState = "running" if alive else "failed"
             age = time.time() - float(rec.get("created_at", 0.0))  # type: ignore[arg-type]
             if rec.get("pid") is None and not alive and age < 30:
                 state = "provisioning"  # claimed a moment ago; its process is being started
             out.append(self._replica(path.stem, rec, state))
         return Listing(out)
 
-    def _replica(self, stem: str, rec: Mapping[str, object], state: ReplicaState) -> Replica:
+    def _replica(self, stem: str, rec: Mapping[str, object], state: TierState) -> Replica:
         pid, port = rec.get("pid"), rec.get("port")
         pid = pid if isinstance(pid, int) else None
         port = port if isinstance(port, int) else 0
