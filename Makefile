@@ -1,10 +1,11 @@
 # make demo: install what is needed, then show a group scaling out and back in under load.
 # make test: install what the tests need, then run ruff and the whole test suite.
+# make unit: ruff and the fast tier (tests/unit: no Docker, libvirt, nginx, cloud, browser); only the venv.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup venv lint clean bench images docker-image vm-image chaos
+.PHONY: demo test unit setup venv venv-libvirt lint clean bench images docker-image vm-image chaos
 
 setup:
 	bash scripts/setup-host.sh
@@ -15,6 +16,13 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+# libvirt-python compiles against the host's libvirt, which `setup` installs: only the full suite needs it.
+venv-libvirt: $(VENV)/.libvirt
+
+$(VENV)/.libvirt: $(VENV)/.installed
+	$(VENV)/bin/pip install -q -e '.[test,libvirt]'
 	touch $@
 
 lint: venv
@@ -31,15 +39,22 @@ vm-image: setup
 	bash images/workload/build.sh
 	python3 images/vm/build.py
 
-test: setup venv lint images
-	$(VENV)/bin/pytest -q -ra $(PYTEST_ARGS)
+# The whole suite: the unit tier on both cores, then tests/e2e and tests/chaos/test_chaos.py one at a
+# time (they share the machine's dockerd, libvirtd and test cloud).
+test: setup venv venv-libvirt lint images
+	$(VENV)/bin/pytest -q -ra -n 2 tests/unit $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -ra tests/e2e tests/chaos $(PYTEST_ARGS)
+
+# No setup, no images: what a change to the policy, the config or the simulator needs, in under a minute.
+unit: lint
+	$(VENV)/bin/pytest -q -ra -n 2 tests/unit $(PYTEST_ARGS)
 
 demo: setup venv
 	$(VENV)/bin/tierscale demo
 
 # Faults injected under load on every tier (>= 50 in all); report in artifacts/chaos/. CHAOS_ARGS to vary.
 CHAOS_ARGS ?=
-chaos: setup venv images
+chaos: setup venv venv-libvirt images
 	$(PY) tests/chaos/run.py --out artifacts/chaos $(CHAOS_ARGS)
 
 bench: setup venv

@@ -1,43 +1,42 @@
-"""Shared test policy: with CI=true a missing component fails the test instead of skipping it."""
+"""Shared test policy: with CI=true a missing component fails the test instead of skipping it.
+
+The policy itself (`IN_CI`, `require`) is defined in helpers/ci.py so that test modules and helpers can
+import it as `from helpers.ci import require`: a module named `conftest` is ambiguous once a level has a
+conftest.py of its own (tests/e2e does). It is re-exported here.
+
+Levels: tests/unit (no Docker engine, libvirt, nginx, OpenStack cloud or browser), tests/e2e (those),
+tests/chaos (the chaos suite); shared code in tests/helpers, files the tests read in tests/data.
+"""
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+from helpers.ci import IN_CI, NGINX, require
+
+__all__ = ["IN_CI", "NGINX", "require"]
+
+UNIT = Path(__file__).parent / "unit"
 
 
-def require(available: bool, component: str) -> None:
-    """Skip on a developer machine without `component`; fail in CI, where a skip would hide breakage."""
-    if available:
-        return
-    if IN_CI:
-        pytest.fail(f"{component} is required in CI but is not available", pytrace=False)
-    pytest.skip(f"{component} not available")
-
-
-NGINX = shutil.which(
-    "nginx", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
-)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _nginx_present() -> None:
-    # Nearly every end-to-end test needs nginx; say so once and clearly rather than in 30 tracebacks.
-    if NGINX is None and IN_CI:
+@pytest.fixture(autouse=True)
+def _nginx_present(request: pytest.FixtureRequest) -> None:
+    # Nearly every end-to-end and chaos test needs nginx; say so clearly rather than in 30 tracebacks.
+    # The unit tier needs none: `CI=true make unit` runs without it.
+    if NGINX is None and IN_CI and UNIT not in request.path.parents:
         pytest.fail("nginx is required in CI: run scripts/setup-host.sh", pytrace=False)
 
 
-@pytest.fixture(scope="session")
-def nginx_bin() -> str:
-    """The nginx binary, for tests that drive a balancer directly."""
-    require(NGINX is not None, "nginx")
-    assert NGINX is not None
-    return NGINX
+@pytest.fixture
+def marker_dir(tmp_path: Path) -> Iterator[Path]:
+    """Anything that ran a hostile string through a shell would create a file here."""
+    d = tmp_path / "markers"
+    d.mkdir()
+    yield d
+    assert list(d.iterdir()) == [], "a hostile string was evaluated by a shell"

@@ -3,7 +3,7 @@
 # Neutron API) on loopback, for the tests. Idempotent; a no-op when it is already up.
 #
 # The tests find it without any exported variable: with CI=true and TIERSCALE_TEST_CLOUD unset they use
-# cloud `lite` from $OPENSTACK_LITE_BASE/clouds.yaml (tests/openstack_testcloud.py).
+# cloud `lite` from $OPENSTACK_LITE_BASE/clouds.yaml (tests/helpers/openstack_testcloud.py).
 #
 # nova-compute starts with the fake driver (fast tests). The one real-guest test switches it to libvirt
 # itself: the first time through the lite script's `up` (which installs QEMU, the libvirt binding and the

@@ -28,7 +28,7 @@ import psutil
 
 from chaos.fakeprom import FakePrometheus
 from chaos.tiers import Tier
-from e2e_helpers import free_port, nginx_processes, port_block
+from helpers.e2e import free_port, nginx_processes, port_block
 from tierscale.loadgen import LoadResult, LoadRunner
 
 COMMON_KINDS = ("replica_kill", "replica_hang", "controller_restart", "nginx_kill", "metrics_garbage")

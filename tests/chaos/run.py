@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: chaos, e2e_helpers
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: chaos, helpers
 
 from chaos.harness import ChaosRun, TierReport, summarize
 from chaos.tiers import TIERS

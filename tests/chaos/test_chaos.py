@@ -17,8 +17,8 @@ import pytest
 from chaos.fakeprom import GARBAGE, FakePrometheus
 from chaos.harness import ChaosRun, TierReport
 from chaos.tiers import TIERS
-from conftest import require
-from tierscale.controller.observe import query_prometheus
+from helpers.ci import require
+from tierscale.metrics.prometheus import query_prometheus
 
 pytestmark = pytest.mark.e2e
 

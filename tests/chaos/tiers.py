@@ -18,8 +18,8 @@ from typing import Any
 
 import psutil
 
-from daemons import start_dockerd, start_libvirtd, stop_dockerd, stop_libvirtd
-from test_libvirt_image import IMAGE_DIR, overlay_files, scrub_group, vm_template
+from helpers.daemons import start_dockerd, start_libvirtd, stop_dockerd, stop_libvirtd
+from helpers.libvirt import IMAGE_DIR, overlay_files, scrub_group, vm_template
 
 VM_IMAGE = {"kernel": "vmlinux", "initrd": "initrd.img", "base": "base.qcow2"}
 

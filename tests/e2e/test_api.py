@@ -1,7 +1,8 @@
 """The HTTP API of a real running controller: every route, auth, bad bodies, manual control, /metrics.
 
 One controller (a process-tier group behind nginx) serves the whole module; each test leaves the group
-resumed. A second, replica-less controller without a token checks that mutations are then refused.
+resumed. (The replica-less controller without a token, and the API address clashes, are in
+tests/unit/test_api_idle.py: they need no nginx.)
 """
 
 from __future__ import annotations
@@ -11,112 +12,20 @@ import json
 import logging
 import os
 import re
-import socket
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from e2e_helpers import free_port, port_block, process_group_config, wait_for, workload_processes
-from tierscale.config import load_config_text
-from tierscale.controller.background import BackgroundController
-from tierscale.controller.runner import down
+from helpers.api import TOKEN, TOKEN_ENV, api_config, cleanup, http
+from helpers.e2e import free_port, wait_for, wait_passes
 from tierscale.loadgen import LoadRunner
 from tierscale.logs import JsonFormatter
+from tierscale.service import BackgroundController
 
 pytestmark = pytest.mark.e2e
-
-TOKEN = "test-token-" + os.urandom(6).hex()
-TOKEN_ENV = f"TIERSCALE_TEST_TOKEN_{os.getpid()}"
-
-
-# ---------------------------------------------------------------------------------------------- helpers
-class Reply:
-    def __init__(self, status: int, headers: Any, body: bytes) -> None:
-        self.status = status
-        self.headers = headers
-        self.body = body
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-def http(
-    base: str,
-    method: str,
-    path: str,
-    body: Any = None,
-    *,
-    token: str | None = None,
-    raw: bytes | None = None,
-    headers: dict[str, str] | None = None,
-) -> Reply:
-    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    if method == "POST" and data is None:
-        data = b""
-    hdrs = dict(headers or {})
-    if token is not None:
-        hdrs["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(base + path, data=data, method=method, headers=hdrs)
-    try:
-        with urllib.request.urlopen(req, timeout=15) as resp:
-            return Reply(resp.status, resp.headers, resp.read())
-    except urllib.error.HTTPError as exc:
-        return Reply(exc.code, exc.headers, exc.read())
-
-
-def api_config(state_dir: Path, port: int, **kw: Any) -> Any:
-    extra = f"api: {{listen: '127.0.0.1:{port}', token_env: {TOKEN_ENV}}}\n"
-    cfg, _ = process_group_config(state_dir, extra=extra, **kw)
-    return cfg
-
-
-def wait_api(base: str) -> None:
-    """BackgroundController returns before the server listens: wait until it answers."""
-
-    def up() -> bool:
-        try:
-            return http(base, "GET", "/healthz").status == 200
-        except OSError:
-            return False
-
-    wait_for(up, 20, what=f"API at {base}")
-
-
-def idle_config(state_dir: Path, api: str | None) -> Any:
-    """A group without replicas unless asked (min 0, no balancer): a controller that costs nothing to run.
-
-    The config is also written to `idle.yaml` next to `state_dir`, for commands that take a file.
-    """
-    lo, hi = port_block(2)
-    command = '["python3", "-m", "tierscale.workload", "--port", "{port}"]'
-    text = f"""\
-state_dir: {state_dir}
-{"" if api is None else f"api: {api}"}
-groups:
-  - name: solo
-    tier: process
-    min: 0
-    max: 1
-    sync_period: 1s
-    template: {{command: {command}, port_range: [{lo}, {hi}]}}
-    balancer: {{type: none}}
-"""
-    path = Path(state_dir).parent / "idle.yaml"
-    path.write_text(text)
-    return load_config_text(text, str(path))
-
-
-def cleanup(cfg: Any) -> None:
-    down(cfg)
-    for p in workload_processes(tuple(cfg.groups[0].template.port_range)):
-        p.kill()
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
@@ -141,21 +50,6 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Backgrou
     finally:
         os.environ.pop(TOKEN_ENV, None)
         cleanup(cfg)
-
-
-@pytest.fixture(scope="module")
-def tokenless(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A controller started without its token variable set: no replicas, no balancer, cheap."""
-    state_dir = tmp_path_factory.mktemp("tokenless") / "state"
-    port = free_port()
-    env = f"TIERSCALE_UNSET_{os.getpid()}"
-    assert env not in os.environ
-    cfg = idle_config(state_dir, f"{{listen: '127.0.0.1:{port}', token_env: {env}}}")
-    base = f"http://127.0.0.1:{port}"
-    with BackgroundController(cfg):
-        wait_api(base)
-        yield base
-    down(cfg)
 
 
 def status(bg: BackgroundController) -> dict[str, Any]:
@@ -281,16 +175,6 @@ def test_mutations_need_the_right_token(running: tuple[BackgroundController, str
     assert r.status == 200 and r.json["paused"] is False
 
 
-def test_without_a_configured_token_mutations_are_forbidden(tokenless: str) -> None:
-    for token in (None, "anything", ""):
-        r = http(tokenless, "POST", "/api/groups/solo/scale", {"replicas": 1}, token=token)
-        assert r.status == 403, (token, r.status)
-        assert "disabled" in r.json["error"] and "TIERSCALE_UNSET_" in r.json["error"]
-    assert http(tokenless, "POST", "/api/groups/solo/pause", token="x").status == 403
-    # Reading stays open.
-    assert http(tokenless, "GET", "/api/groups/solo").json["desired"] == 0
-
-
 @pytest.mark.parametrize(
     ("raw", "field", "words"),
     [
@@ -344,7 +228,8 @@ def test_manual_scale_holds_the_count_until_resume(running: tuple[BackgroundCont
         r = http(base, "POST", "/api/groups/web/scale", {"replicas": 3}, token=TOKEN)
         assert r.status == 200 and r.json["paused"] is True and r.json["manual_replicas"] == 3
         wait_for(lambda: status(bg)["ready"] == 3, 30, what="three ready replicas")
-        time.sleep(2.5)  # no load at all: an unpaused policy would scale back down by now (window 2s)
+        # No load at all: an unpaused policy would scale back down within that (window 2s).
+        wait_passes(bg.config.state_dir, "web", 3, at_least=2.5)
         st = status(bg)
         assert st["desired"] == 3 and st["paused"] is True
         assert st["last_decision"]["policy"] == "manual" and "paused" in st["last_decision"]["limits"]
@@ -375,7 +260,7 @@ def test_pause_stops_the_policy_and_resume_hands_it_back(running: tuple[Backgrou
     with LoadRunner(url, 10, 40) as runner:
         paused_at = time.time()
         wait_for(lambda: status(bg)["rps"] and status(bg)["rps"] >= 5, 15, what="load seen at the balancer")
-        time.sleep(4)
+        wait_passes(bg.config.state_dir, "web", 3, at_least=4)  # passes that see the load, paused
         st = status(bg)
         assert st["desired"] == 1 and st["paused"] is True, st
         decisions = [
@@ -454,65 +339,6 @@ def test_metrics_parse_and_carry_every_spec_metric(running: tuple[BackgroundCont
     assert {"exited", "unhealthy", "vanished"} <= reasons
 
 
-# ---------------------------------------------------------------------------------------------- server
-def test_port_in_use_stops_run_only_when_the_address_was_configured(tmp_path: Path) -> None:
-    import asyncio
-
-    from tierscale.controller.runner import Controller, ControllerError
-
-    blocker = socket.socket()
-    blocker.bind(("127.0.0.1", 0))
-    blocker.listen(1)
-    port = blocker.getsockname()[1]
-    cfg = idle_config(tmp_path / "state", f"{{listen: '127.0.0.1:{port}'}}")
-    try:
-        controller = Controller(cfg, api="required")  # as `tierscale run` does
-        with pytest.raises(ControllerError, match=rf"api.listen 127.0.0.1:{port}: .*in use"):
-            asyncio.run(controller.run(asyncio.Event()))
-        controller.close()
-        with BackgroundController(cfg) as bg:  # demo, tests, benches: logged, the loop runs on
-            wait_for(lambda: bg.status("solo")["desired"] == 0, 10, what="a pass")
-            assert bg.controller is not None and bg.controller.api is None
-    finally:
-        blocker.close()
-        down(cfg)
-
-
-def test_default_address_taken_is_logged_and_run_goes_on(tmp_path: Path) -> None:
-    """A second controller (another config) on a host where 127.0.0.1:9900 is taken still scales."""
-    import asyncio
-
-    from tierscale.controller.runner import Controller
-
-    blocker = socket.socket()
-    try:
-        blocker.bind(("127.0.0.1", 9900))
-        blocker.listen(1)
-    except OSError:
-        pass  # someone else holds the default port: the clash this test is about exists already
-    cfg = idle_config(tmp_path / "state", None)
-    assert cfg.api.listen == "127.0.0.1:9900"
-    controller = Controller(cfg, api="required")
-
-    async def one_pass() -> None:
-        stop = asyncio.Event()
-        task = asyncio.create_task(controller.run(stop))
-        for _ in range(100):
-            await asyncio.sleep(0.1)
-            if controller.groups["solo"].rt.last_decision is not None:
-                break
-        stop.set()
-        await task
-
-    try:
-        asyncio.run(one_pass())
-        assert controller.groups["solo"].rt.last_decision is not None
-    finally:
-        controller.close()
-        blocker.close()
-        down(cfg)
-
-
 # ---------------------------------------------------------------------------------------------- openapi
 def _validator(doc: dict[str, Any], schema_name: str) -> Any:
     from jsonschema import Draft202012Validator
@@ -533,9 +359,9 @@ def test_openapi_document_is_valid_and_describes_every_route(
     validate(doc)
     assert doc["openapi"].startswith("3.")
     documented = {(m.upper(), path) for path, ops in doc["paths"].items() for m in ops}
-    assert bg.controller is not None and bg.controller.api is not None
+    assert bg.controller is not None and bg.api is not None
     served = set()
-    for route in bg.controller.api._runner.app.router.routes():  # type: ignore[union-attr]
+    for route in bg.api._runner.app.router.routes():  # type: ignore[union-attr]
         if route.method == "HEAD":
             continue
         info = route.resource.get_info() if route.resource else {}

@@ -317,17 +317,18 @@ def test_wait_drained_returns_after_in_flight_request_completes(balancer_factory
     response: list[tuple[int, dict[str, object]]] = []
 
     def client() -> None:
-        status, _, body = get(lb.url + "/slow?sleep=1", timeout=10)
+        # Slow enough that the reload below is done well before it ends, on a busy machine too.
+        status, _, body = get(lb.url + "/slow?sleep=4", timeout=30)
         response.append((status, body))
 
     t = threading.Thread(target=client)
     t.start()
     try:
-        assert slow.started.wait(5)
+        assert slow.started.wait(20)
         result = lb.apply([fast.address])
         assert result.changed and result.ok
         assert lb.wait_drained(slow.address, timeout=0.1) is False  # still serving the slow request
-        assert lb.wait_drained(slow.address, timeout=5) is True
+        assert lb.wait_drained(slow.address, timeout=20) is True
         drained_at = time.monotonic()
         assert slow.finished_at and slow.finished_at[0] <= drained_at
     finally:

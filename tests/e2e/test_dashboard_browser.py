@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 
-from conftest import require
-from e2e_helpers import free_port, wait_for
-from test_api import api_config, cleanup, wait_api
-from tierscale.controller.background import BackgroundController
+from helpers import REPO
+from helpers.api import api_config, cleanup, wait_api
+from helpers.ci import require
+from helpers.e2e import free_port, wait_for
 from tierscale.loadgen import LoadRunner
+from tierscale.service import BackgroundController
 
 pytestmark = pytest.mark.e2e
 
@@ -31,7 +32,7 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+ARTIFACTS = REPO / "artifacts"
 
 
 def _points(group: Any, chart: str) -> int:

@@ -1,4 +1,7 @@
-"""The Docker provider against the real engine: labels, published ports, delete, stats, clean failures."""
+"""The Docker provider against the real engine: labels, published ports, delete, stats, clean failures.
+
+(What needs no engine is in tests/unit/test_docker_provider_offline.py.)
+"""
 
 from __future__ import annotations
 
@@ -10,18 +13,31 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
 
-from conftest import require
-from tierscale.config import load_config_text
-from tierscale.providers import make_provider
-from tierscale.providers.base import ProviderError
-from tierscale.providers.docker import LABEL_GROUP, LABEL_REPLICA, DockerProvider
+from helpers.ci import require
+from tierscale.providers.base import (
+    Capability,
+    Listing,
+    Replica,
+    TemplateError,
+    TierUnavailable,
+)
+from tierscale.providers.docker import (
+    DEFAULT_ENGINE,
+    LABEL_GROUP,
+    LABEL_HOST,
+    LABEL_REPLICA,
+    LABEL_REVISION,
+    DockerData,
+    DockerProvider,
+)
 from tierscale.providers.docker_image import DEMO_IMAGE, build_demo_image
+
+REV = "rev0000000d0"
 
 
 def _engine() -> Any:
@@ -73,15 +89,21 @@ def wait_http(address: str, timeout: float = 20) -> None:
 
 
 def test_create_list_delete_with_labels_limits_and_loopback_port(client: Any, group: str) -> None:
-    p = DockerProvider(group, DEMO_IMAGE, cpus=0.5, memory=64 * 1024**2, env={"WORK_MS": "20"})
+    p = DockerProvider(group, DEMO_IMAGE, cpus=0.5, memory=64 * 1024**2, env={"WORK_MS": "20"}, revision=REV)
     try:
+        assert Capability.CONSOLE not in p.capabilities
+        with pytest.raises(TemplateError, match="no console log"):
+            p.console_output(Replica("r-one", group, None, "running", 0.0))
         r = p.create("r-one")
         assert r.address and r.address.startswith("127.0.0.1:")
+        assert (r.revision, r.host) == (REV, p.engine) and p.engine == DEFAULT_ENGINE
+        assert isinstance(r.tier_data, DockerData) and r.tier_data.cpus == 0.5
         wait_http(r.address)
         assert http_get(r.address, "/work?ms=5") == {"instance": "r-one", "ms": 5}
 
-        c = client.containers.get(r.detail["container"])
+        c = client.containers.get(r.ref)
         assert c.labels[LABEL_GROUP] == group and c.labels[LABEL_REPLICA] == "r-one"
+        assert c.labels[LABEL_REVISION] == REV and c.labels[LABEL_HOST] == DEFAULT_ENGINE
         hc = c.attrs["HostConfig"]
         assert hc["NanoCpus"] == 500_000_000
         assert hc["Memory"] == 64 * 1024**2
@@ -91,15 +113,24 @@ def test_create_list_delete_with_labels_limits_and_loopback_port(client: Any, gr
         env = dict(e.split("=", 1) for e in c.attrs["Config"]["Env"])
         assert env["WORK_MS"] == "20" and env["TIERSCALE_GROUP"] == group
 
-        # A second provider (a restarted controller) finds the same replica from the labels alone.
-        listed = DockerProvider(group, DEMO_IMAGE).list()
-        assert [(x.id, x.address, x.state) for x in listed] == [("r-one", r.address, "running")]
+        # A second provider (a restarted controller, built for a newer revision) finds the same replica
+        # from the labels alone, with the revision and engine it was made with.
+        listed = DockerProvider(group, DEMO_IMAGE, revision="rev-next").list()
+        assert isinstance(listed, Listing) and not listed.unreachable
+        assert [(x.id, x.address, x.state, x.revision, x.host, x.ref) for x in listed] == [
+            ("r-one", r.address, "running", REV, DEFAULT_ENGINE, r.ref)
+        ]
         assert abs(listed[0].created_at - r.created_at) < 0.01
+        assert isinstance(listed[0].tier_data, DockerData) and listed[0].tier_data.cpus == 0.5
 
         p.delete(listed[0], grace=5)
         assert group_containers(client, group) == []  # removed, not just stopped
         assert p.list() == []
-        p.delete(listed[0], grace=5)  # idempotent
+        p.delete(listed[0], grace=5)  # already gone: not an error
+        # Removed behind the provider's back between its listing and its delete: not an error either.
+        again = p.create("r-two")
+        client.api.remove_container(again.ref, force=True)
+        p.delete(again, grace=1)
     finally:
         p.close()
 
@@ -110,7 +141,7 @@ def test_containers_without_our_labels_are_never_listed_or_touched(client: Any, 
         DEMO_IMAGE, detach=True, labels={LABEL_GROUP: group + "-x", LABEL_REPLICA: "r-x"}
     )
     half = client.containers.run(DEMO_IMAGE, detach=True, labels={LABEL_GROUP: group})  # no replica label
-    p = DockerProvider(group, DEMO_IMAGE)
+    p = DockerProvider(group, DEMO_IMAGE, revision=REV)
     try:
         p.create("r-mine")
         assert [r.id for r in p.list()] == ["r-mine"]
@@ -126,10 +157,10 @@ def test_containers_without_our_labels_are_never_listed_or_touched(client: Any, 
 
 
 def test_exited_container_is_listed_as_failed(client: Any, group: str) -> None:
-    p = DockerProvider(group, DEMO_IMAGE)
+    p = DockerProvider(group, DEMO_IMAGE, revision=REV)
     try:
         r = p.create("r-kill")
-        client.api.kill(r.detail["container"])  # what `docker kill` does
+        client.api.kill(r.ref)  # what `docker kill` does
         deadline = time.monotonic() + 20
         while p.list()[0].state != "failed" and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -143,7 +174,7 @@ def test_exited_container_is_listed_as_failed(client: Any, group: str) -> None:
 
 def test_delete_kills_after_grace_when_sigterm_is_ignored(client: Any, group: str) -> None:
     # busybox sh as PID 1 ignores SIGTERM: only the kill after the grace period stops it.
-    p = DockerProvider(group, DEMO_IMAGE, command=["/bin/sh", "-c", "trap '' TERM; sleep 300"])
+    p = DockerProvider(group, DEMO_IMAGE, command=["/bin/sh", "-c", "trap '' TERM; sleep 300"], revision=REV)
     try:
         r = p.create("r-stubborn")
         p.delete(r, grace=1)
@@ -160,7 +191,7 @@ def _burn(address: str, stop: threading.Event) -> None:
 
 @pytest.mark.parametrize("source", ["auto", "stream", "oneshot"])
 def test_stats_for_all_replicas_in_one_pass(client: Any, group: str, source: str) -> None:
-    p = DockerProvider(group, DEMO_IMAGE, cpus=0.5, stats_source=source)
+    p = DockerProvider(group, DEMO_IMAGE, cpus=0.5, stats_source=source, revision=REV)
     stop = threading.Event()
     try:
         busy, idle = p.create("r-busy"), p.create("r-idle")
@@ -200,13 +231,20 @@ def test_stats_for_all_replicas_in_one_pass(client: Any, group: str, source: str
 
 def test_bad_image_unexposed_port_and_failed_start_leave_nothing(client: Any, group: str) -> None:
     cases = [
-        (DockerProvider(group, "tierscale/no-such-image:1"), "template.image: 'tierscale/no-such-image:1'"),
-        (DockerProvider(group, DEMO_IMAGE, port=9999), "does not expose port 9999/tcp"),
+        (
+            DockerProvider(group, "tierscale/no-such-image:1", revision=REV),
+            "template.image: 'tierscale/no-such-image:1'",
+        ),
+        (DockerProvider(group, DEMO_IMAGE, port=9999, revision=REV), "does not expose port 9999/tcp"),
         # Created, then the start fails: the container must be removed again.
-        (DockerProvider(group, DEMO_IMAGE, command=["/no/such/binary"]), "no such file or directory"),
+        (
+            DockerProvider(group, DEMO_IMAGE, command=["/no/such/binary"], revision=REV),
+            "no such file or directory",
+        ),
     ]
     for provider, needle in cases:
-        with pytest.raises(ProviderError) as err:
+        # The template must change before a retry can work (the engine answers 400 to the failed start).
+        with pytest.raises(TemplateError) as err:
             provider.create("r-bad")
         msg = str(err.value)
         assert needle in msg.lower() or needle in msg, msg
@@ -225,40 +263,27 @@ def _closed_port() -> int:
     "host", ["tcp://127.0.0.1:{port}", "unix:///nonexistent/docker.sock", "ssh://nobody@127.0.0.1:{port}"]
 )
 def test_unreachable_engine_is_one_clear_error(client: Any, group: str, host: str) -> None:
-    p = DockerProvider(group, DEMO_IMAGE, host=host.format(port=_closed_port()))
+    p = DockerProvider(group, DEMO_IMAGE, host=host.format(port=_closed_port()), revision=REV)
     try:
-        for call in (p.list, lambda: p.create("r-x"), lambda: p.stats([])):
+        calls = (
+            p.list,
+            lambda: p.create("r-x"),
+            lambda: p.stats([]),
+            lambda: p.delete(Replica("r-x", group, None, "running", 0.0), 0.0),
+        )
+        for call in calls:
             try:
                 call()
-            except ProviderError as exc:
+            except TierUnavailable as exc:
                 assert "Docker engine unreachable at" in str(exc) and "\n" not in str(exc)
             else:
                 assert call is not p.list, "list must fail on an unreachable engine"
+        # The reason comes from the socket's errno, not from matching the SDK's words.
+        reasons = {"tcp": "connection refused", "unix": "no such file or directory"}
+        reason = reasons.get(host.partition(":")[0])
+        if reason is not None:
+            with pytest.raises(TierUnavailable, match=rf"unreachable at .* \({reason}\); is dockerd running"):
+                p.list()
     finally:
         p.close()
     assert group_containers(client, group) == []
-
-
-def test_stuck_created_container_becomes_failed() -> None:
-    p = DockerProvider("g", DEMO_IMAGE)
-    row = {
-        "Id": "abc",
-        "Labels": {LABEL_GROUP: "g", LABEL_REPLICA: "r-1", "io.tierscale.created": str(time.time() - 3600)},
-        "State": "created",
-        "Ports": [],
-    }
-    r = p._replica(row)
-    assert r is not None and r.state == "failed" and r.address is None
-    row["Labels"]["io.tierscale.created"] = str(time.time())  # type: ignore[index]
-    assert p._replica(row).state == "provisioning"  # type: ignore[union-attr]
-    row["Labels"] = {LABEL_GROUP: "g"}
-    assert p._replica(row) is None
-
-
-def test_example_config_builds_a_docker_provider() -> None:
-    path = Path(__file__).resolve().parent.parent / "examples" / "docker.yaml"
-    cfg = load_config_text(path.read_text(), str(path))
-    p = make_provider(cfg.groups[0], Path("/nonexistent"))
-    assert isinstance(p, DockerProvider)
-    assert (p.image, p.port, p.cpus, p.memory) == (DEMO_IMAGE, 8080, 0.5, 128 * 1024**2)
-    p.close()

@@ -18,9 +18,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import require
+from helpers import REPO
+from helpers.ci import require
 
-REPO = Path(__file__).resolve().parent.parent
 BUILD_SH = REPO / "images" / "workload" / "build.sh"
 BINARY = REPO / "build" / "images" / "tierscale-workload"
 

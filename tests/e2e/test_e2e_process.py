@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e_helpers import (
+from helpers.e2e import (
     CliControllers,
     decisions,
     events,
@@ -21,13 +21,14 @@ from e2e_helpers import (
     run_tierscale,
     scale_out_and_back,
     wait_for,
+    wait_passes,
     work_url,
     workload_processes,
 )
-from tierscale.controller.background import BackgroundController
-from tierscale.controller.runner import down
+from tierscale.controller.down import down
 from tierscale.loadgen import run_load_sync
 from tierscale.providers import make_provider
+from tierscale.service import BackgroundController
 from tierscale.views import read_statuses
 
 pytestmark = pytest.mark.e2e
@@ -65,7 +66,7 @@ def test_killed_replica_is_replaced_without_downtime(state_dir: Path) -> None:
     try:
         with BackgroundController(cfg) as bg:
             victim, before, after, result = replace_under_load(
-                bg, lambda r: os.kill(int(r.detail["pid"]), signal.SIGKILL), 20, 12, timeout=20
+                bg, lambda r: os.kill(int(r.ref), signal.SIGKILL), 20, 12, timeout=20
             )
         assert victim.id in before and victim.id not in after and len(after) == 2
         # nginx retries an idempotent GET on the other replica, so the kill costs no client request.
@@ -96,7 +97,8 @@ def test_controller_sigkill_then_restart_adopts_every_replica(state_dir: Path) -
             )
             before = {r.id for r in provider.list()}
             runs.restart_after_sigkill(first, work_url(cfg, 1), 20)
-            time.sleep(6)  # several sync periods: long enough for duplicates to appear if adoption failed
+            # Several passes of the new controller: long enough for duplicates to appear if adoption failed.
+            wait_passes(state_dir, "web", 5, at_least=6)
             after = {r.id for r in provider.list()}
             assert after == before, f"before {before}, after {after}"
             assert len(workload_processes(port_range)) == 3
@@ -137,16 +139,16 @@ def test_balancer_rejected_config_is_recorded_and_last_good_keeps_serving(state_
             wait_for(lambda: bg.status("web")["ready"] == 1, 20, what="ready replica")
             gc = bg.controller.groups["web"]  # type: ignore[union-attr]
             # The operator moves the listener to a port another program holds: nginx -t rejects that.
-            bg.call(lambda: setattr(gc.balancer, "listen", f"127.0.0.1:{taken}"))
-            bg.call(lambda: setattr(gc.rt, "backends", None))  # force a re-render on the next pass
+            bg.call(lambda: setattr(gc.ctx.balancer, "listen", f"127.0.0.1:{taken}"))
+            bg.call(lambda: setattr(gc.ctx.rt, "backends", None))  # force a re-render on the next pass
             wait_for(
-                lambda: any(e.kind == "balancer_failed" for e in gc.store.events("web")),
+                lambda: any(e.kind == "balancer_failed" for e in gc.ctx.store.events("web")),
                 10,
                 what="balancer_failed event",
             )
             res = run_load_sync(url, 20, 1.5)
             assert res.failed == 0 and res.ok > 0
-            failed = next(e for e in gc.store.events("web") if e.kind == "balancer_failed")
+            failed = next(e for e in gc.ctx.store.events("web") if e.kind == "balancer_failed")
             assert str(taken) in failed.message or "Address already in use" in failed.message
     finally:
         blocker.close()
@@ -191,7 +193,7 @@ def test_hung_replica_is_replaced_and_the_loop_keeps_ticking(state_dir: Path) ->
         with BackgroundController(cfg) as bg:
             wait_for(lambda: bg.status("web")["ready"] == 2, 20, what="two ready replicas")
             victim = make_provider(cfg.groups[0], state_dir).list()[0]
-            os.kill(int(victim.detail["pid"]), signal.SIGSTOP)  # alive, but answers nothing
+            os.kill(int(victim.ref), signal.SIGSTOP)  # alive, but answers nothing
             hung_at = time.time()
             wait_for(
                 lambda: victim.id not in replica_ids(bg, "web") and bg.status("web")["ready"] == 2,

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from e2e_helpers import CliControllers, events, free_port, wait_for
-from openstack_testcloud import (
+from helpers.e2e import CliControllers, events, free_port, wait_for, wait_passes
+from helpers.openstack_testcloud import (
     FAKE_DRIVER,
     CloudUnderTest,
     cloud_under_test,
@@ -29,9 +29,9 @@ from openstack_testcloud import (
     sweep_session_servers,
 )
 from tierscale.config import load_config_text
-from tierscale.controller.background import BackgroundController
-from tierscale.controller.runner import down
+from tierscale.controller.down import down
 from tierscale.eventstore import EventStore
+from tierscale.service import BackgroundController
 from tierscale.views import read_statuses
 
 pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")]
@@ -258,7 +258,8 @@ def test_controller_sigkill_then_restart_adopts_every_server(cloud: CloudUnderTe
                 60,
                 what="adopted servers ready again",
             )
-            time.sleep(4)  # several sync periods: long enough for duplicates to appear if adoption failed
+            # Several passes of the new controller: long enough for duplicates to appear if adoption failed.
+            wait_passes(state_dir, name, 4, at_least=4)
             after = {rid: s.id for rid, s in nova_replicas(cloud, name).items()}
             assert after == before
             assert [e for e in events(state_dir, name, "replica_created") if e.ts >= restarted_at] == []

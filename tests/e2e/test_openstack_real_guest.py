@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from e2e_helpers import free_port, wait_for
-from openstack_testcloud import (
+from helpers.e2e import free_port, wait_for
+from helpers.openstack_testcloud import (
     LIBVIRT_DRIVER,
     CloudUnderTest,
     cloud_under_test,
@@ -21,10 +21,10 @@ from openstack_testcloud import (
     sweep_session_servers,
 )
 from tierscale.config import load_config_text
-from tierscale.controller.background import BackgroundController
-from tierscale.controller.runner import down
+from tierscale.controller.down import down
 from tierscale.eventstore import EventStore
 from tierscale.providers import make_provider
+from tierscale.service import BackgroundController
 
 pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")]
 

@@ -1,16 +1,16 @@
-"""Security defaults (issue G.4): loopback listeners, a token that is never written down, private state
-files, and no place in the config for passwords.
+"""Security defaults (issue G.4) on a running controller: loopback listeners, a token that is never
+written down, private state files.
 
 One `tierscale run` (a process-tier group behind nginx, verbose JSON logs) serves the module: while it
 runs, its listening sockets and the modes of its state files are recorded and authenticated requests are
 made; then it is stopped, and everything it printed or wrote is searched for the token.
-(The events.db mode on its own is checked in test_eventstore.py; the credential hint for an OpenStack
-`password:` in test_config.py.)
+(The defaults and the config's refusal of credentials are checked in tests/unit/test_security_config.py,
+the events.db mode on its own in test_eventstore.py, the credential hint for an OpenStack `password:` in
+test_config.py.)
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import signal
 import stat
@@ -19,16 +19,12 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
-from pydantic import BaseModel
 
-from e2e_helpers import free_port, nginx_processes, process_group_config, wait_for
-from test_api import cleanup, http
-from tierscale.config import ConfigError, load_config_text
-from tierscale.config.models import ApiConfig, BalancerConfig, Config
+from helpers.api import cleanup, http
+from helpers.e2e import free_port, is_loopback, nginx_processes, process_group_config, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -130,31 +126,13 @@ def test_replicas_and_nginx_do_not_inherit_the_token(run: Run) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- listen
-def _loopback(host: str) -> bool:
-    return host == "localhost" or ipaddress.ip_address(host).is_loopback
-
-
-def test_default_addresses_are_loopback() -> None:
-    cfg = load_config_text(
-        "groups:\n  - {name: web, tier: process, max: 1, template: {command: [x]}}\n", "min.yaml"
-    )
-    for listen in (
-        ApiConfig().listen,
-        BalancerConfig().listen,
-        cfg.api.listen,
-        cfg.groups[0].balancer.listen,
-    ):
-        host = listen.rpartition(":")[0]
-        assert _loopback(host), listen
-
-
 def test_a_running_controller_listens_on_loopback_only(run: Run) -> None:
     api_port = int(run.api.rpartition(":")[2])
     lb_port = int(run.balancer.rpartition(":")[2])
     ports = {port for _, port in run.listening}
     assert {api_port, lb_port} <= ports, run.listening  # the controller, nginx and a replica were seen
     assert len(ports) >= 3
-    assert all(_loopback(ip) for ip, _ in run.listening), run.listening
+    assert all(is_loopback(ip) for ip, _ in run.listening), run.listening
 
 
 # ---------------------------------------------------------------------------------------------- token
@@ -181,79 +159,3 @@ def test_state_files_are_private(run: Run) -> None:
     # client addresses and paths): the 0700 state dir is not the only guard.
     assert any(p.name == "access.log" for p in modes) and any(p.suffix == ".conf" for p in modes), modes
     assert not [p for p, m in modes.items() if m & 0o077], {str(p): oct(m) for p, m in modes.items()}
-
-
-# ---------------------------------------------------------------------------------------------- config
-def _field_names(model: type[BaseModel], seen: set[type[BaseModel]] | None = None) -> set[str]:
-    seen = seen if seen is not None else set()
-    if model in seen:
-        return set()
-    seen.add(model)
-    names: set[str] = set()
-    for name, info in model.model_fields.items():
-        names.add(name)
-        for sub in _models_in(info.annotation):
-            names |= _field_names(sub, seen)
-    return names
-
-
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    return [m for arg in getattr(annotation, "__args__", ()) for m in _models_in(arg)]
-
-
-def test_the_config_schema_has_no_field_for_a_credential() -> None:
-    names = _field_names(Config)
-    assert {"uri", "cloud", "image", "token_env"} <= names  # the walk reached every tier's template
-    suspicious = {n for n in names if any(w in n for w in ("pass", "secret", "credential", "key", "auth"))}
-    # key_name names an OpenStack keypair (a public key Nova already holds), not a secret.
-    assert suspicious <= {"key_name"}, suspicious
-
-
-GROUP = "groups:\n  - name: web\n    tier: {tier}\n    max: 1\n    template: {template}\n{extra}"
-TEMPLATES = {
-    "libvirt": "{kernel: /k, network: default, %s}",
-    "openstack": "{image: i, flavor: f, %s}",
-    "docker": "{image: tierscale/demo, %s}",
-}
-
-
-@pytest.mark.parametrize(
-    ("tier", "key", "field"),
-    [
-        ("libvirt", "password: hunter2", "groups[0].template.password"),
-        ("libvirt", "auth: {username: root, password: x}", "groups[0].template.auth"),
-        ("openstack", "auth: {password: x}", "groups[0].template.auth"),
-        ("openstack", "os_password: x", "groups[0].template.os_password"),
-        ("openstack", "application_credential_secret: x", "groups[0].template.application_credential_secret"),
-        ("docker", "registry_password: x", "groups[0].template.registry_password"),
-    ],
-)
-def test_a_credential_in_the_config_is_refused_with_where_it_belongs(tier: str, key: str, field: str) -> None:
-    text = GROUP.format(tier=tier, template=TEMPLATES[tier] % key, extra="")
-    with pytest.raises(ConfigError) as info:
-        load_config_text(text, "creds.yaml")
-    (problem,) = [p for p in info.value.problems if p.field == field]
-    assert "credentials never go in the config" in problem.message and "clouds.yaml" in problem.message
-
-
-@pytest.mark.parametrize("where", ["top", "group"])
-def test_a_password_key_anywhere_else_is_refused_too(where: str) -> None:
-    extra = "    password: x\n" if where == "group" else "password: x\n"
-    text = GROUP.format(tier="process", template="{command: [x]}", extra=extra)
-    with pytest.raises(ConfigError) as info:
-        load_config_text(text, "creds.yaml")
-    field = "groups[0].password" if where == "group" else "password"
-    assert [p.field for p in info.value.problems] == [field]
-
-
-def test_a_libvirt_uri_with_a_password_is_refused() -> None:
-    template = "{uri: 'qemu+ssh://root:hunter2@host/system', kernel: /k, network: default}"
-    with pytest.raises(ConfigError) as info:
-        load_config_text(GROUP.format(tier="libvirt", template=template, extra=""), "creds.yaml")
-    (problem,) = info.value.problems
-    assert problem.field == "groups[0].template.uri" and "password" in problem.message
-    assert "hunter2" not in str(problem)  # the error does not repeat the secret either
-    ok = "{uri: 'qemu+ssh://root@host/system', kernel: /k, network: default}"
-    assert load_config_text(GROUP.format(tier="libvirt", template=ok, extra=""), "ok.yaml").groups[0].template

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import psutil
 
-SETUP = Path(__file__).resolve().parent.parent / "scripts" / "setup"
+from helpers import REPO
+
+SETUP = REPO / "scripts" / "setup"
 SYSTEMD = Path("/run/systemd/system")
 
 

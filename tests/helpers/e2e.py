@@ -3,6 +3,7 @@ and leak checks."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import socket
@@ -12,15 +13,22 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import psutil
 
 from tierscale.config import load_config_text
-from tierscale.controller.background import BackgroundController
 from tierscale.eventstore import DecisionRecord, Event, EventStore
 from tierscale.loadgen import LoadResult, LoadRunner, run_load_sync
 from tierscale.providers import Replica, make_provider
+
+if TYPE_CHECKING:  # only named in annotations: importing these helpers does not start the controller code
+    from tierscale.service import BackgroundController
+
+
+def is_loopback(host: str) -> bool:
+    """`localhost` or a loopback IP address (IPv4 or IPv6)."""
+    return host == "localhost" or ipaddress.ip_address(host).is_loopback
 
 
 def free_port() -> int:
@@ -56,6 +64,7 @@ def group_config(
     extra: str = "",
     listen_port: int | None = None,
     health_path: str = "/healthz",
+    health_timeout: str = "3s",
     startup_grace: str = "15s",
     balancer: str = "",
 ) -> tuple[Any, str]:
@@ -63,6 +72,8 @@ def group_config(
 
     `template` is the tier's template as a YAML flow mapping; `balancer` adds keys to the balancer
     mapping (e.g. `algorithm: least_conn`); `extra` is appended as is (more group keys, or top-level ones).
+    `health_timeout` is the probe's: a replica that answers is not taken for hung because the machine is
+    busy (two probes in a row timing out make it unhealthy).
     """
     listen = listen_port or free_port()
     # Each config gets its own API port unless it configures the API itself: two controllers running at
@@ -78,8 +89,8 @@ state_dir: {state_dir}
     max: {max_}
     sync_period: 1s
     template: {template}
-    health: {{path: {health_path}, interval: 300ms, timeout: 1s, healthy_after: 1, unhealthy_after: 2,
-             startup_grace: {startup_grace}}}
+    health: {{path: {health_path}, interval: 300ms, timeout: {health_timeout}, healthy_after: 1,
+             unhealthy_after: 2, startup_grace: {startup_grace}}}
     metrics: {metrics % {"target": target}}
     cpu_initialization_period: 3s
     initial_readiness_delay: 1s
@@ -172,10 +183,11 @@ def events(state_dir: Path, group: str, *kinds: str) -> list[Event]:
         store.close()
 
 
-def decisions(state_dir: Path, group: str) -> list[DecisionRecord]:
+def decisions(state_dir: Path, group: str, since: float | None = None) -> list[DecisionRecord]:
+    """The group's decisions (the controller records one a pass), oldest first; `since`: from then on."""
     store = EventStore(Path(state_dir) / "events.db")
     try:
-        return store.decisions(group)
+        return store.decisions(group, since=since)
     finally:
         store.close()
 
@@ -281,6 +293,22 @@ def wait_for(pred: Callable[[], Any], timeout: float, interval: float = 0.2, wha
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
+
+
+def wait_passes(state_dir: Path, group: str, n: int, *, at_least: float = 0.0, timeout: float = 60) -> None:
+    """Return once the group's controller has made `n` passes from now (one recorded decision each) and at
+    least `at_least` seconds have gone by.
+
+    For checks that something does *not* happen (no duplicate after an adoption, no change while paused):
+    the time it would take is counted in the controller's passes, so on a busy machine, where a pass takes
+    longer, the check waits longer instead of looking too early.
+    """
+    since = time.time()
+
+    def done() -> bool:
+        return time.time() - since >= at_least and len(decisions(state_dir, group, since)) >= n
+
+    wait_for(done, timeout + at_least, what=f"{n} passes of the controller of {group}")
 
 
 def workload_processes(port_range: tuple[int, int]) -> list[psutil.Process]:

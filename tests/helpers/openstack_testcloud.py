@@ -3,7 +3,7 @@
 `TIERSCALE_TEST_CLOUD` names a cloud in clouds.yaml. Unset in CI (CI=true), the tests default to the
 openstack-lite cloud `lite` (clouds.yaml at `$OPENSTACK_LITE_BASE/clouds.yaml`, which
 `scripts/setup/openstack.sh` brings up); unset on a developer machine, they skip. A cloud that is named
-but unreachable fails in CI and skips elsewhere (`conftest.require`).
+but unreachable fails in CI and skips elsewhere (`helpers.ci.require`).
 
 openstack-lite runs one nova-compute whose driver is either the fake one (servers ACTIVE in about a
 second, nothing boots) or libvirt (real QEMU guests). `ensure_compute_driver` restarts nova-compute with
@@ -28,11 +28,12 @@ from typing import Any
 import openstack.exceptions as os_exc
 import yaml
 
-from conftest import IN_CI, require
+from helpers import REPO
+from helpers.ci import IN_CI, require
 from tierscale.providers.openstack_cloud import open_cloud
 from tierscale.providers.openstack_servers import GROUP_KEY
 
-_SHARED_LITE = Path(__file__).resolve().parents[2] / "shared" / "tools" / "openstack-lite"
+_SHARED_LITE = REPO.parent / "shared" / "tools" / "openstack-lite"
 LITE_SCRIPT = Path(os.environ.get("OPENSTACK_LITE", str(_SHARED_LITE / "openstack-lite.sh")))
 LITE_BASE = Path(os.environ.get("OPENSTACK_LITE_BASE", "/var/tmp/openstack-lite"))
 FAKE_DRIVER = "fake.FakeDriverWithoutFakeNodes"

@@ -12,15 +12,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from rich.console import Console
 
-from e2e_helpers import free_port, wait_for
-from test_api import http, idle_config, wait_api
-from tierscale.controller.background import BackgroundController
-from tierscale.controller.runner import down
+from helpers.api import http, idle_config, wait_api
+from helpers.e2e import free_port, wait_for
+from tierscale.controller.down import down
 from tierscale.eventstore import EventStore
 from tierscale.policy.types import Decision, MetricProposal
+from tierscale.service import BackgroundController
 from tierscale.views import format_history, read_history, render_status_table
 
 TOKEN = "cli-token-" + os.urandom(4).hex()
@@ -209,7 +210,12 @@ def test_status_watch_redraws_live_until_interrupted(tmp_path: Path) -> None:
         env={**env, "COLUMNS": "160", "TERM": "xterm-256color"},
     )
     try:
-        time.sleep(3)  # a few refreshes
+        # On a pipe the view is printed when it stops, so the output cannot say it is up: rich's refresh
+        # thread can (it starts inside the `Live` block that handles Ctrl-C). A SIGINT sent while a busy
+        # machine is still importing would be a traceback, not what this test is about.
+        watching = psutil.Process(proc.pid)
+        wait_for(lambda: proc.poll() is not None or watching.num_threads() >= 2, 60, what="status --watch up")
+        time.sleep(2)  # a few refreshes (one a second)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=20)
     finally:

@@ -30,10 +30,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from e2e_helpers import free_port, wait_for
-from test_api import cleanup, http, idle_config, wait_api
+from helpers.api import cleanup, http, idle_config, wait_api
+from helpers.e2e import free_port, wait_for
 from tierscale.api.openapi import openapi_document
-from tierscale.controller.background import BackgroundController
+from tierscale.service import BackgroundController
 
 pytestmark = pytest.mark.e2e
 
@@ -96,8 +96,8 @@ def _held(bg: BackgroundController) -> tuple[Any, ...]:
 
     def read() -> tuple[Any, ...]:
         assert bg.controller is not None
-        rt = bg.controller.groups[GROUP].rt
-        return rt.paused, rt.manual_desired
+        st = bg.controller.groups[GROUP].status()
+        return st.paused, st.manual_replicas
 
     return tuple(bg.call(read))
 

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers import DATA
 from tierscale.eventstore import EventStore
 from tierscale.policy.types import Decision, MetricProposal
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 def tierscale(*args: str) -> subprocess.CompletedProcess[str]:
@@ -115,7 +114,7 @@ def test_status_and_events_read_the_store(tmp_path: Path) -> None:
 
 
 def test_decide_explains_a_conformance_row(tmp_path: Path) -> None:
-    cases = json.loads((SHARED / "conformance" / "hpa_replica_cases.json").read_text())
+    cases = json.loads((DATA / "conformance" / "hpa_replica_cases.json").read_text())
     row = next(c for c in cases if c["name"] == "TestReplicaCalcScaleUpUnreadyNoScale")
     f = tmp_path / "case.json"
     f.write_text(json.dumps([row]))

@@ -4,7 +4,6 @@ every problem names a line — never another exception (a traceback for the user
 from __future__ import annotations
 
 import copy
-import itertools
 import shlex
 import string
 from pathlib import Path
@@ -14,6 +13,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from helpers.hostile import BASES, get_field, put_field
 from tierscale.config import ConfigError, load_config_text
 
 KEYS = [
@@ -168,12 +168,6 @@ DANGER_TEXT = st.one_of(
     st.sampled_from(DANGEROUS),
     st.text(alphabet="'\"`$();&|<>\\/.\n\r\t\x00 =-{}aZ0", min_size=1, max_size=16),
 )
-BASES: dict[str, dict[str, object]] = {
-    "process": {"template": {"command": ["python3", "-m", "tierscale.workload"]}},
-    "docker": {"template": {"image": "tierscale/demo:latest"}},
-    "libvirt": {"template": {"kernel": "/boot/vmlinuz", "initrd": "/boot/initrd"}},
-    "openstack": {"template": {"image": "img", "flavor": "small"}},
-}
 # (tier, where the string goes inside the group, what a loaded config must hold there)
 FIELDS: list[tuple[str, tuple[str | int, ...], str]] = [
     ("process", ("name",), "verbatim"),
@@ -198,25 +192,6 @@ def field_name(where: tuple[str | int, ...]) -> str:
     for part in where:
         out += f"[{part}]" if isinstance(part, int) else f".{part}"
     return out
-
-
-def put_field(group: dict[str, Any], where: tuple[str | int, ...], value: str) -> None:
-    node: Any = group
-    for part, nxt in itertools.pairwise(where):
-        if isinstance(node, dict) and part not in node:
-            node[part] = [] if isinstance(nxt, int) else {}
-        node = node[part]
-    last = where[-1]
-    if isinstance(last, int) and len(node) <= last:
-        node.append(value)
-    else:
-        node[last] = value
-
-
-def get_field(obj: Any, where: tuple[str | int, ...]) -> Any:
-    for part in where:
-        obj = obj[part] if isinstance(part, int) or isinstance(obj, dict) else getattr(obj, part)
-    return obj
 
 
 @settings(max_examples=300, deadline=None)

@@ -1,4 +1,8 @@
-"""Every row of the shared Kubernetes HPA conformance tables must pass through the policy engine."""
+"""Every row of the shared Kubernetes HPA conformance tables must pass through the policy engine.
+
+The tables are read from tests/data/conformance, a copy of ../shared/conformance (next to the checkout)
+so the suite runs without it; a test checks that the copy is still byte for byte the shared one.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +15,20 @@ from typing import Any
 
 import pytest
 
+from helpers import DATA, REPO
+from helpers.ci import require
 from tierscale.policy.behavior import rate_limit, stabilize
 from tierscale.policy.conformance import decode_events, decode_rules, explain_case, load_cases, run_case
 
 
 def _shared_dir() -> Path:
     env = os.environ.get("TIERSCALE_SHARED")
-    base = Path(env) if env else Path(__file__).resolve().parents[2] / "shared"
+    base = Path(env) if env else REPO.parent / "shared"
     return base / "conformance"
 
 
-CONFORMANCE = _shared_dir()
+CONFORMANCE = DATA / "conformance"  # the copy the tests run
+SHARED = _shared_dir()  # where it comes from ($TIERSCALE_SHARED/conformance when that is set)
 FILES = sorted(CONFORMANCE.glob("*.json"))
 ROWS: list[tuple[str, dict[str, Any]]] = [(f.name, c) for f in FILES for c in load_cases(f)]
 
@@ -29,6 +36,19 @@ ROWS: list[tuple[str, dict[str, Any]]] = [(f.name, c) for f in FILES for c in lo
 def test_tables_are_present() -> None:
     assert {f.name for f in FILES} >= {"hpa_replica_cases.json", "hpa_behavior_cases.json"}, CONFORMANCE
     assert len(ROWS) >= 130
+
+
+def _table_files(d: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in [*d.glob("*.json"), d / "README.md"] if p.is_file()}
+
+
+def test_the_copy_is_byte_for_byte_the_shared_tables() -> None:
+    require(SHARED.is_dir(), f"the shared conformance tables ({SHARED})")
+    shared, copy = _table_files(SHARED), _table_files(CONFORMANCE)
+    assert "README.md" in shared and {n for n in shared if n.endswith(".json")}, SHARED
+    assert sorted(copy) == sorted(shared), f"tests/data/conformance and {SHARED} hold different files"
+    stale = sorted(name for name in shared if copy[name] != shared[name])
+    assert not stale, f"tests/data/conformance: {stale} differ from {SHARED}: copy them again"
 
 
 @pytest.mark.parametrize(("file", "case"), ROWS, ids=[f"{f}::{c['name']}" for f, c in ROWS])

@@ -9,18 +9,16 @@ carries it verbatim to where it is used, never through a shell and always escape
   characters in the health-check path, listen addresses that are not host:port;
 - passed through: environment values and command arguments (argv and the Docker API, no shell), the
   kernel command line, file paths and network names (XML-escaped), OpenStack names and user data (JSON).
+
+What needs a Docker engine or libvirtd (the Docker API's view of a container, libvirt's own parse of the
+domain XML) is in tests/e2e/test_dangerous_names_tiers.py.
 """
 
 from __future__ import annotations
 
-import copy
-import json
-import secrets
-import shlex
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +26,16 @@ import psutil
 import pytest
 import yaml
 
-from conftest import require
-from test_config_fuzz import BASES, get_field, put_field
+from helpers.hostile import (
+    HOSTILE,
+    HOSTILE_LINE,
+    G,
+    T,
+    get_field,
+    hostile_config,
+    hostile_libvirt_provider,
+    libvirt_module,
+)
 from tierscale.balancer.nginx import NginxBalancer
 from tierscale.config import ConfigError, load_config_text
 from tierscale.providers import make_provider
@@ -42,26 +48,11 @@ from tierscale.providers.libvirt_xml import (
     volume_xml,
 )
 
-# Quotes, shell metacharacters, markup, a path escape and a newline; `{m}` is a directory that must stay
-# empty (anything evaluating a `$(...)`, a backtick or a `;` would create a file there).
-HOSTILE = "a'b\"c <evil/>&amp; $(touch {m}/p1) `touch {m}/p2`; touch {m}/p3 | x && y ../../etc\nline2"
-# The same without control characters: what a kernel command line or a path may hold.
-HOSTILE_LINE = "a'b\"c <evil/>&amp; $(touch {m}/p1) `touch {m}/p2`; touch {m}/p3 ../../etc"
 # For the config-only checks, where nothing runs.
 H = HOSTILE.format(m="/nonexistent")
 
 
-def _config(tier: str, where: tuple[str | int, ...], value: Any, state_dir: str = "/tmp/ts-danger") -> str:
-    """YAML for one group of `tier` with `value` put at `where` (a path from the top of the file)."""
-    group: dict[str, Any] = {"name": "web", "tier": tier, "max": 2, **copy.deepcopy(BASES[tier])}
-    doc: dict[str, Any] = {"state_dir": state_dir, "groups": [group]}
-    put_field(doc, where, value)
-    return yaml.safe_dump(doc, allow_unicode=True)
-
-
 # ---------------------------------------------------------------------------------------------- refused
-G = ("groups", 0)
-T = (*G, "template")
 # (tier, where, value, the field the error must name)
 REFUSED: list[tuple[str, tuple[str | int, ...], Any, str]] = [
     *(
@@ -95,7 +86,7 @@ def test_refused_when_the_config_is_loaded_naming_the_field(
     tier: str, where: tuple[str | int, ...], value: Any, field: str
 ) -> None:
     with pytest.raises(ConfigError) as info:
-        load_config_text(_config(tier, where, value), "danger.yaml")
+        load_config_text(hostile_config(tier, where, value), "danger.yaml")
     problems = info.value.problems
     assert field in [p.field for p in problems], [str(p) for p in problems]
     assert all("\n" not in str(p) and "\0" not in str(p) for p in problems)
@@ -110,7 +101,7 @@ def test_validate_exits_2_with_one_line_per_problem(
     tmp_path: Path, tier: str, where: tuple[str | int, ...], value: Any, field: str
 ) -> None:
     path = tmp_path / "danger.yaml"
-    path.write_text(_config(tier, where, value))
+    path.write_text(hostile_config(tier, where, value))
     r = subprocess.run(
         [sys.executable, "-m", "tierscale", "validate", str(path)], capture_output=True, text=True, timeout=60
     )
@@ -143,25 +134,16 @@ KEPT: list[tuple[str, tuple[str | int, ...], str, Any]] = [
 def test_kept_verbatim_by_the_config(
     tier: str, where: tuple[str | int, ...], value: str, expected: Any
 ) -> None:
-    cfg = load_config_text(_config(tier, where, value), "danger.yaml")
+    cfg = load_config_text(hostile_config(tier, where, value), "danger.yaml")
     assert get_field(cfg, where) == expected
 
 
 # ---------------------------------------------------------------------------------------------- tiers
-@pytest.fixture
-def marker_dir(tmp_path: Path) -> Iterator[Path]:
-    """Anything that ran a hostile string through a shell would create a file here."""
-    d = tmp_path / "markers"
-    d.mkdir()
-    yield d
-    assert list(d.iterdir()) == [], "a hostile string was evaluated by a shell"
-
-
 def test_process_tier_argv_and_environment_arrive_verbatim(tmp_path: Path, marker_dir: Path) -> None:
     hostile = HOSTILE.format(m=marker_dir)
     args = [hostile, "; touch " + str(marker_dir / "p4"), "$(touch " + str(marker_dir / "p5") + ")"]
     state_dir = tmp_path / "state"
-    text = _config("process", (*T, "command"), ["python3", "-c", "import time; time.sleep(60)", *args])
+    text = hostile_config("process", (*T, "command"), ["python3", "-c", "import time; time.sleep(60)", *args])
     doc = yaml.safe_load(text)
     doc["state_dir"] = str(state_dir)
     doc["groups"][0]["template"]["env"] = {"EVIL": hostile}
@@ -169,7 +151,7 @@ def test_process_tier_argv_and_environment_arrive_verbatim(tmp_path: Path, marke
     provider = make_provider(cfg.groups[0], cfg.state_dir)
     replica = provider.create("r-danger")
     try:
-        proc = psutil.Process(int(replica.detail["pid"]))
+        proc = psutil.Process(int(replica.ref))
         assert proc.cmdline() == [sys.executable, "-c", "import time; time.sleep(60)", *args]
         assert proc.environ()["EVIL"] == hostile
         # Everything the provider wrote lives in the group's directory under the state dir.
@@ -181,75 +163,10 @@ def test_process_tier_argv_and_environment_arrive_verbatim(tmp_path: Path, marke
     assert list((state_dir / "groups" / "web" / "replicas").iterdir()) == []
 
 
-def _docker() -> Any:
-    import docker
-
-    try:
-        client = docker.from_env(version="auto", timeout=30)
-        client.ping()
-        return client
-    except Exception:
-        return None
-
-
-def test_docker_tier_environment_arrives_verbatim(tmp_path: Path, marker_dir: Path) -> None:
-    client = _docker()
-    require(client is not None, "Docker engine (scripts/setup/docker.sh)")
-    from tierscale.providers.docker import LABEL_GROUP
-    from tierscale.providers.docker_image import DEMO_IMAGE, build_demo_image
-
-    build_demo_image(client)
-    hostile = HOSTILE.format(m=marker_dir)
-    group = "danger-" + secrets.token_hex(3)
-    text = _config("docker", (*G, "name"), group)
-    doc = yaml.safe_load(text)
-    doc["groups"][0]["template"] = {"image": DEMO_IMAGE, "env": {"EVIL": hostile, "Q": "'\"`\\"}}
-    cfg = load_config_text(yaml.safe_dump(doc), "danger.yaml")
-    provider = make_provider(cfg.groups[0], tmp_path / "state")
-    try:
-        replica = provider.create("r-danger")
-        out = subprocess.run(
-            ["docker", "inspect", replica.detail["container"]], capture_output=True, text=True, timeout=30
-        )
-        info = json.loads(out.stdout)[0]
-        assert f"EVIL={hostile}" in info["Config"]["Env"] and "Q='\"`\\" in info["Config"]["Env"]
-        assert info["Config"]["Labels"][LABEL_GROUP] == group
-        provider.delete(replica, grace=1)
-        assert client.containers.list(all=True, filters={"label": f"{LABEL_GROUP}={group}"}) == []
-    finally:
-        for c in client.containers.list(all=True, filters={"label": f"{LABEL_GROUP}={group}"}):
-            c.remove(force=True)
-        client.close()
-
-
-def _libvirt_module() -> Any:
-    """libvirt-python, or the project's skip-outside-CI / fail-in-CI verdict when it is missing."""
-    try:
-        import libvirt
-    except ImportError:
-        libvirt = None
-    require(libvirt is not None, "libvirt-python")
-    return libvirt
-
-
-def _libvirt_provider(tmp_path: Path, marker_dir: Path, network: str) -> Any:
-    doc = yaml.safe_load(_config("libvirt", (*T, "cmdline"), HOSTILE_LINE.format(m=marker_dir)))
-    doc["groups"][0]["template"].update(
-        kernel=str(tmp_path / "k'\"<evil/>&amp;"),
-        base_image=str(tmp_path / "base'\"&<>.qcow2"),
-        overlay_dir=str(tmp_path / "over'lay\"<&>"),
-        network=network,
-    )
-    cfg = load_config_text(yaml.safe_dump(doc), "danger.yaml")
-    from tierscale.providers.libvirt import make_libvirt_provider
-
-    return cfg, make_libvirt_provider(cfg.groups[0], tmp_path / "state")
-
-
 def test_libvirt_domain_xml_carries_every_value_escaped(tmp_path: Path, marker_dir: Path) -> None:
-    _libvirt_module()  # make_libvirt_provider imports it
+    libvirt_module()  # the libvirt provider imports it
     for network, port in (("user", 23456), ("net'\"<evil/>&amp;", None)):
-        cfg, provider = _libvirt_provider(tmp_path, marker_dir, network)
+        cfg, provider = hostile_libvirt_provider(tmp_path, marker_dir, network)
         t = cfg.groups[0].template
         overlay = provider.store.volume_path("tierscale-web-r-1.qcow2")
         owner = Owner(group="web", id="r-1", created=1.5)
@@ -264,28 +181,6 @@ def test_libvirt_domain_xml_carries_every_value_escaped(tmp_path: Path, marker_d
         facts = parse_facts(xml)
         assert facts.overlay == overlay and facts.network == (None if network == "user" else network)
         assert parse_owner(xml) == owner
-
-
-def test_libvirt_parses_the_hostile_values_into_qemu_argv_unchanged(tmp_path: Path, marker_dir: Path) -> None:
-    """libvirt's own parser (domain XML to the QEMU command line; nothing is defined or started)."""
-    libvirt = _libvirt_module()
-    try:
-        conn = libvirt.open("qemu:///system")
-    except libvirt.libvirtError:
-        conn = None
-    require(conn is not None, "libvirtd (scripts/setup-host.sh)")
-    cfg, provider = _libvirt_provider(tmp_path, marker_dir, "user")
-    t = cfg.groups[0].template
-    overlay = provider.store.volume_path("tierscale-web-r-1.qcow2")
-    xml = render_domain(provider.spec("tierscale-web-r-1", Owner("web", "r-1", 1.0), "qemu", 23456, overlay))
-    try:
-        argv = shlex.split(conn.domainXMLToNative("qemu-argv", xml, 0))
-    finally:
-        conn.close()
-    assert argv[argv.index("-kernel") + 1] == t.kernel
-    assert argv[argv.index("-append") + 1].startswith(t.cmdline + " ")
-    files = [json.loads(a).get("filename") for a in argv if a.startswith("{") and '"filename"' in a]
-    assert overlay in files and t.base_image in files, files
 
 
 def test_libvirt_owner_and_storage_xml_escape_quotes() -> None:
@@ -325,7 +220,7 @@ def test_nginx_refuses_a_backend_address_that_could_inject_directives(tmp_path: 
 
 def test_nginx_renders_the_longest_valid_group_name_in_place(tmp_path: Path) -> None:
     name = "a-" * 19 + "z9"  # 40 characters: the most a config allows
-    cfg = load_config_text(_config("process", (*G, "name"), name), "danger.yaml")
+    cfg = load_config_text(hostile_config("process", (*G, "name"), name), "danger.yaml")
     lb = NginxBalancer(cfg.groups[0].name, "127.0.0.1:8080", "round_robin", tmp_path / "nginx")
     conf = lb.render(["127.0.0.1:9000"])
     assert f'"group":"{name}"' in conf

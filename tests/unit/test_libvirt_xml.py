@@ -52,6 +52,17 @@ def test_ownership_element_is_the_spec_one_and_round_trips() -> None:
     )
 
 
+def test_ownership_element_carries_revision_and_host_when_known() -> None:
+    owner = Owner("web", "r-1", 5.0, revision="0123456789ab", host="qemu+ssh://kvm1/system")
+    el = owner.element()
+    assert 'revision="0123456789ab"' in el and 'host="qemu+ssh://kvm1/system"' in el
+    assert parse_owner(el) == owner
+    assert parse_owner(render_domain(spec(owner=owner))) == owner
+    # An element written before revisions reads back with both empty.
+    legacy = '<replica group="web" id="r-1" created="5.000"/>'
+    assert parse_owner(legacy) == Owner("web", "r-1", 5.0, revision="", host="")
+
+
 def test_foreign_or_broken_metadata_is_not_ours() -> None:
     assert parse_owner("<domain><name>x</name></domain>") is None
     assert parse_owner("<domain><metadata><other xmlns='urn:x'/></metadata></domain>") is None

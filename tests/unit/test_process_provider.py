@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import sys
 import time
 import urllib.request
@@ -11,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from e2e_helpers import port_block, wait_for
-from tierscale.providers.base import ProviderError
-from tierscale.providers.process import ProcessProvider
+from helpers.e2e import port_block, wait_for
+from tierscale.providers.base import Capability, Listing, ProviderError, Replica, TemplateError
+from tierscale.providers.process import ProcessData, ProcessProvider
 
 CMD = [sys.executable, "-m", "tierscale.workload", "--port", "{port}"]
+REV = "rev000000001"
 
 
 def _get(address: str, path: str) -> bytes:
@@ -25,26 +28,50 @@ def _get(address: str, path: str) -> bytes:
 
 @pytest.fixture
 def provider(tmp_path: Path):
-    p = ProcessProvider("web", tmp_path, CMD, port_range=port_block(), cpus=0.5)
+    p = ProcessProvider("web", tmp_path, CMD, port_range=port_block(), cpus=0.5, revision=REV)
     yield p
     for r in p.list():
         p.delete(r, 2.0)
 
 
 def test_create_list_adopt_delete(provider: ProcessProvider, tmp_path: Path) -> None:
+    assert provider.capabilities == frozenset() and Capability.CONSOLE not in provider.capabilities
     r = provider.create("r-aaaa")
     assert r.address and r.state == "running"
+    assert (r.revision, r.host) == (REV, socket.gethostname())
+    assert isinstance(r.tier_data, ProcessData) and r.ref == str(r.tier_data.pid)
     wait_for(lambda: _ok(r.address), 10, what="workload answering")
     assert b'"instance": "r-aaaa"' in _get(r.address, "/work?ms=1")
-    # A new provider object (a restarted controller) finds the same replica from the pid file.
-    again = ProcessProvider("web", tmp_path, CMD, port_range=provider.port_range)
-    assert [x.id for x in again.list()] == ["r-aaaa"]
+    # A new provider object (a restarted controller, here built for another revision) finds the same
+    # replica from the pid file, with the revision and host it was made with.
+    again = ProcessProvider("web", tmp_path, CMD, port_range=provider.port_range, revision="rev-next")
+    listed = again.list()
+    assert isinstance(listed, Listing) and not listed.unreachable
+    assert [(x.id, x.revision, x.host, x.ref, x.address) for x in listed] == [
+        ("r-aaaa", REV, socket.gethostname(), r.ref, r.address)
+    ]
     # Another group in the same state dir sees nothing of ours.
-    assert ProcessProvider("other", tmp_path, CMD).list() == []
+    assert ProcessProvider("other", tmp_path, CMD, revision=REV).list() == []
     provider.delete(r, 2.0)
     assert provider.list() == []
     with pytest.raises(ProcessLookupError):
-        os.kill(int(r.detail["pid"]), 0)
+        os.kill(int(r.ref), 0)
+    # Deleting what is already gone (a second delete, a replica known only by its id) is not an error.
+    provider.delete(r, 2.0)
+    provider.delete(Replica("r-never", "web", None, "running", 0.0), 0.0)
+    with pytest.raises(TemplateError, match="no console log"):
+        provider.console_output(r)
+
+
+def test_record_from_before_revisions_lists_with_empty_revision_and_host(provider: ProcessProvider) -> None:
+    r = provider.create("r-old")
+    path = provider.dir / "r-old.json"
+    rec = json.loads(path.read_text())
+    for key in ("revision", "host"):
+        rec.pop(key)
+    path.write_text(json.dumps(rec))
+    (listed,) = provider.list()
+    assert (listed.id, listed.revision, listed.host, listed.ref) == ("r-old", "", "", r.ref)
 
 
 def _ok(address: str | None) -> bool:
@@ -62,7 +89,7 @@ def test_two_replicas_get_distinct_ports(provider: ProcessProvider) -> None:
 
 def test_dead_process_is_listed_as_failed(provider: ProcessProvider) -> None:
     r = provider.create("r-dead")
-    os.kill(int(r.detail["pid"]), signal.SIGKILL)
+    os.kill(int(r.ref), signal.SIGKILL)
     wait_for(lambda: provider.list()[0].state == "failed", 5, what="failed state")
 
 
@@ -83,8 +110,9 @@ def test_cpu_utilization_tracks_real_burn(provider: ProcessProvider) -> None:
     assert idle.cpu_percent is not None and idle.cpu_percent < 30
 
 
-def test_bad_command_is_a_provider_error(tmp_path: Path) -> None:
-    p = ProcessProvider("web", tmp_path, ["/nonexistent/binary"], port_range=port_block())
-    with pytest.raises(ProviderError, match="cannot start"):
+def test_bad_command_is_a_template_error(tmp_path: Path) -> None:
+    p = ProcessProvider("web", tmp_path, ["/nonexistent/binary"], port_range=port_block(), revision=REV)
+    with pytest.raises(TemplateError, match="cannot start") as err:
         p.create("r-x")
+    assert isinstance(err.value, ProviderError)  # the base class still catches every tier error
     assert p.list() == []

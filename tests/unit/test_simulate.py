@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import REPO
 from tierscale.config import load_config_text
-from tierscale.controller.runner import settings_for
+from tierscale.config.settings import settings_for
 from tierscale.simulate import (
     CapacityModel,
     SimInputError,
@@ -26,7 +27,6 @@ from tierscale.simulate.command import _settings
 from tierscale.simulate.model import DelayModel
 from tierscale.simulate.trace import Trace, parse_window, select_window
 
-REPO = Path(__file__).resolve().parents[1]
 TRACES = REPO.parent / "shared" / "traces"
 SWIM = TRACES / "worldcup98_day53_swim_105min_1s.csv"
 
