@@ -18,6 +18,7 @@ import pytest
 
 from tierscale.balancer.fake import FakeBalancer
 from tierscale.config import load_config_text
+from tierscale.config.settings import settings_for
 from tierscale.controller.clock import ManualClock
 from tierscale.controller.group import GroupController
 from tierscale.controller.reconciler import victim_order
@@ -934,5 +935,38 @@ def test_drained_replica_leaves_the_balancer_before_delete(tmp_path: Path) -> No
         assert victim_addr not in delete[2], "deleted while the balancer still sent to it"
         kinds = [e.kind for e in tier.events("replica_draining", "replica_drained", "replica_deleted")]
         assert kinds == ["replica_draining", "replica_drained", "replica_deleted"]
+
+    run(tier, scenario)
+
+
+@pytest.mark.parametrize(
+    ("revisions", "mismatched"),
+    [(("TARGET", "TARGET"), 0), (("TARGET", "old-1"), 1), (("", "old-1", "old-2"), 3)],
+    ids=["all-current", "one-old", "unmarked-and-old"],
+)
+def test_adopting_another_revision_is_an_event(
+    tmp_path: Path, revisions: tuple[str, ...], mismatched: int
+) -> None:
+    """Replicas made from another template are named at adoption, with the revisions and the target."""
+    target = settings_for(group_config(tmp_path / "state", min_=1).groups[0]).revision
+
+    def pre(p: FakeProvider) -> None:
+        for i, rev in enumerate(revisions):
+            p.add(f"r-old-{i}", revision=target if rev == "TARGET" else rev)
+
+    tier = make_tier(tmp_path, min_=1, pre=pre)
+
+    async def scenario() -> None:
+        await tier.gc.start()
+        events = tier.events("revision_mismatch")
+        if not mismatched:
+            assert events == []
+            return
+        assert len(events) == 1
+        data = events[0].data
+        assert data["target"] == target
+        assert len(data["replicas"]) == mismatched
+        assert set(data["revisions"]) == {r or "unmarked" for r in revisions if r != "TARGET"}
+        assert tier.gc.desired == len(revisions)  # adopted and kept, not replaced
 
     run(tier, scenario)

@@ -109,6 +109,19 @@ class GroupController:
             ctx.event("replica_adopted", f"adopted replica {r.id} at {r.address}", r.id, state=r.state)
         count = len([r for r in adopted if r.state != "failed"])
         rt.desired = max(ctx.s.min, min(ctx.s.max, count))
+        other = [r for r in adopted if r.revision != ctx.s.revision]
+        if other:
+            # Made from another template (or before replicas carried revisions): say so, never silently
+            # mix versions. They keep serving; new replicas are made from the current template.
+            seen = sorted({r.revision or "unmarked" for r in other})
+            ctx.event(
+                "revision_mismatch",
+                f"{len(other)} adopted replica(s) run revision {', '.join(seen)}, "
+                f"not the template's {ctx.s.revision}",
+                revisions=seen,
+                target=ctx.s.revision,
+                replicas=sorted(r.id for r in other),
+            )
 
     async def run(self, stop: asyncio.Event) -> None:
         ctx = self.ctx
