@@ -39,11 +39,13 @@ vm-image: setup
 	bash images/workload/build.sh
 	python3 images/vm/build.py
 
-# The whole suite: the unit tier on both cores, then tests/e2e and tests/chaos/test_chaos.py one at a
-# time (they share the machine's dockerd, libvirtd and test cloud).
+# The whole suite: the unit tier on both cores, then tests/e2e and tests/chaos/test_chaos.py in three
+# groups side by side (VMs and the cloud, containers, local processes: tests/helpers/groups.py), one
+# test at a time within a group, since each group restarts or reconfigures daemons only its own tests
+# use. Most of an e2e test's time is waiting for boots and windows, not CPU.
 test: setup venv venv-libvirt lint images
 	$(VENV)/bin/pytest -q -ra -n 2 tests/unit $(PYTEST_ARGS)
-	$(VENV)/bin/pytest -q -ra tests/e2e tests/chaos $(PYTEST_ARGS)
+	$(PY) tests/run_e2e.py $(PYTEST_ARGS)
 
 # No setup, no images: what a change to the policy, the config or the simulator needs, in under a minute.
 unit: lint

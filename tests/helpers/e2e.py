@@ -37,7 +37,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-_port_block = [22000 + (os.getpid() % 40) * 200]
+def _first_block() -> int:
+    # Below the kernel's ephemeral range (32768+, where free_port() lands). Under pytest-xdist each
+    # worker owns a 2500-port stretch; a lone run starts at 22000.
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    return 22000 + (index % 4) * 2500
+
+
+_port_block = [_first_block()]
 
 
 def port_block(size: int = 20) -> tuple[int, int]:
