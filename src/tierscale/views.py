@@ -133,6 +133,8 @@ def render_status_table(statuses: list[dict[str, Any]]) -> Group:
             f"  tier={st['tier']} policy={st['policy']}  desired={st['desired']} current={st['current']}"
             f" ready={st['ready']}  [{st['min']}..{st['max']}]"
         )
+        if st.get("revision"):
+            head.append(f"  revision={st['revision']}")
         if st.get("paused"):
             head.append("  PAUSED", style="bold yellow")
         if st.get("balancer"):
@@ -152,12 +154,28 @@ def render_status_table(statuses: list[dict[str, Any]]) -> Group:
         for p in (d or {}).get("proposals") or []:
             parts.append(Text("  ").append_text(_metric_text(p, d["current"] if d else 1)))
         table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
-        for col in ("replica", "address", "state", "health", "cpu %", "req/s", "p95 ms", "age s"):
+        for col in (
+            "replica",
+            "address",
+            "host",
+            "revision",
+            "state",
+            "health",
+            "cpu %",
+            "req/s",
+            "p95 ms",
+            "age s",
+        ):
             table.add_column(col)
         for r in st["replicas"]:
+            # A replica of another revision than the group's is the one a rollout still has to replace.
+            rev = r.get("revision") or "-"
+            stale = bool(st.get("revision")) and rev != st.get("revision")
             table.add_row(
                 r["id"],
                 r["address"] or "-",
+                r.get("host") or "-",
+                Text(rev, style="yellow" if stale else ""),
                 Text(r["state"], style=STATE_STYLE.get(r["state"], "")),
                 str(r["health"]),
                 _bar(r["cpu"]),
