@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urlparse
 import psutil
 import pytest
 
+from helpers.e2e import wait_for
 from tierscale.balancer import BalancerError, NginxBalancer
 
 # ---- tiny JSON backends ------------------------------------------------------------------------------
@@ -130,6 +131,13 @@ def get(url: str, timeout: float = 5.0) -> tuple[int, dict[str, str], dict[str, 
             return r.status, dict(r.headers), json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, dict(e.headers), json.loads(e.read())
+
+
+def answers(url: str) -> bool:
+    try:
+        return get(url, timeout=2)[0] == 200
+    except OSError:  # refused, or no answer yet
+        return False
 
 
 def instances(url: str, n: int) -> Counter[str]:
@@ -367,6 +375,9 @@ def test_a_killed_master_is_replaced_beside_its_orphans_and_stop_reaps_every_wor
     lb = balancer_factory()
     lb.ensure_running([a.address])
     master = psutil.Process(lb.pid)
+    # ensure_running returns once the master is up; its worker may not be forked yet (on a busy machine
+    # a master killed before then leaves no orphan to serve). Wait until a worker answers.
+    wait_for(lambda: bool(master.children()) and answers(lb.url + "/"), 20, what="a worker serving")
     orphans = master.children()
     master.kill()
     master.wait(5)
