@@ -52,7 +52,3 @@ class ManualClock:
         for _, fut in due:
             if not fut.done():
                 fut.set_result(None)
-
-    @property
-    def sleepers(self) -> int:
-        return sum(1 for _, f in self._sleepers if not f.done())

@@ -28,7 +28,7 @@ from tierscale.eventstore import EventStore
 from tierscale.metrics.registry import SourceDeps, make_sources
 from tierscale.policy.strategy import policy_step
 from tierscale.policy.types import Decision, GroupSnapshot
-from tierscale.providers.base import Provider, Replica
+from tierscale.providers.base import Provider
 
 log = logging.getLogger("tierscale.controller")
 
@@ -87,9 +87,6 @@ class GroupController:
 
     def status(self) -> GroupStatus:
         return group_status(self.ctx, self.traffic_log)
-
-    def active(self) -> list[Replica]:
-        return self.ctx.active()
 
     # ---- lifecycle
     async def start(self) -> None:
