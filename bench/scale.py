@@ -52,6 +52,7 @@ import psutil
 from tierscale.api import ApiServer
 from tierscale.balancer.fake import FakeBalancer
 from tierscale.config import load_config_text
+from tierscale.config.revision import template_revision
 from tierscale.controller.runner import Controller
 from tierscale.providers.fake import FakeProber, FakeProvider
 
@@ -145,7 +146,13 @@ async def measure(n: int, args: argparse.Namespace) -> Row:
     fakes: dict[str, FakeProvider] = {}
 
     def provider_factory(g: Any, _sd: Path, _sink: Any) -> FakeProvider:
-        p = FakeProvider(g.name, latency=LATENCY, clock=clock.now, cpu_percent=CPU_PERCENT)
+        p = FakeProvider(
+            g.name,
+            revision=template_revision(g.template),
+            latency=LATENCY,
+            clock=clock.now,
+            cpu_percent=CPU_PERCENT,
+        )
         for i in range(n):
             p.add(f"r-{i:06d}")  # left by an earlier run: adopted at start, no create calls
         fakes[g.name] = p

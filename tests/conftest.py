@@ -40,4 +40,3 @@ def marker_dir(tmp_path: Path) -> Iterator[Path]:
     d.mkdir()
     yield d
     assert list(d.iterdir()) == [], "a hostile string was evaluated by a shell"
-

@@ -53,6 +53,13 @@ CREATE TABLE IF NOT EXISTS status (
     ts REAL NOT NULL,
     body TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS group_state (
+    grp TEXT NOT NULL,
+    key TEXT NOT NULL,
+    ts REAL NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (grp, key)
+);
 """
 
 EVENT_KINDS = (
@@ -74,6 +81,17 @@ EVENT_KINDS = (
     "controller_started",
     "controller_stopped",
     "manual",
+    "revision_mismatch",
+    "rollout_started",
+    "rollout_paused",
+    "rollout_resumed",
+    "rollout_promoted",
+    "rollout_complete",
+    "rollout_failed",
+    "rollout_rollback",
+    "config_applied",
+    "config_rejected",
+    "group_unmanaged",
 )
 
 
@@ -184,6 +202,27 @@ class EventStore:
                 " ON CONFLICT(grp) DO UPDATE SET ts = excluded.ts, body = excluded.body",
                 (group, ts if ts is not None else time.time(), json.dumps(body)),
             )
+
+    # ---- what a group must remember across restarts that the marks cannot hold (its rollout, the
+    # templates of the revisions it ran): small JSON documents, written rarely, read at start.
+    def put_state(self, group: str, key: str, body: dict[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO group_state (grp, key, ts, body) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(grp, key) DO UPDATE SET ts = excluded.ts, body = excluded.body",
+                (group, key, time.time(), json.dumps(body)),
+            )
+
+    def get_state(self, group: str, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT body FROM group_state WHERE grp = ? AND key = ?", (group, key)
+            ).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def clear_state(self, group: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM group_state WHERE grp = ?", (group,))
 
     def clear_status(self, group: str) -> None:
         with self._tx() as db:

@@ -55,9 +55,7 @@ def test_docker_tier_environment_arrives_verbatim(tmp_path: Path, marker_dir: Pa
     provider = make_provider(cfg.groups[0], tmp_path / "state")
     try:
         replica = provider.create("r-danger")
-        out = subprocess.run(
-            ["docker", "inspect", replica.ref], capture_output=True, text=True, timeout=30
-        )
+        out = subprocess.run(["docker", "inspect", replica.ref], capture_output=True, text=True, timeout=30)
         info = json.loads(out.stdout)[0]
         assert f"EVIL={hostile}" in info["Config"]["Env"] and "Q='\"`\\" in info["Config"]["Env"]
         assert info["Config"]["Labels"][LABEL_GROUP] == group

@@ -49,7 +49,6 @@ from tierscale.views import read_statuses
 pytestmark = pytest.mark.e2e
 
 
-
 def _client() -> Any:
     try:
         c = docker.from_env(version="auto", timeout=30)

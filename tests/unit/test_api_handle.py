@@ -21,6 +21,7 @@ from tierscale.api.openapi import openapi_document
 from tierscale.api.server import ApiServer
 from tierscale.balancer.fake import FakeBalancer
 from tierscale.config import load_config_text
+from tierscale.config.revision import template_revision
 from tierscale.controller.clock import ManualClock
 from tierscale.controller.group import GroupController
 from tierscale.controller.runner import Controller
@@ -111,7 +112,9 @@ groups:
     controller = Controller(
         config,
         clock=clock,
-        provider_factory=lambda g, sd, sink: FakeProvider(g.name, clock=clock.now, cpu_percent=50.0),
+        provider_factory=lambda g, sd, sink: FakeProvider(
+            g.name, revision=template_revision(g.template), clock=clock.now, cpu_percent=50.0
+        ),
         balancer_factory=lambda g, s: FakeBalancer(),
         prober_factory=lambda g, p: FakeProber(p),  # type: ignore[arg-type]
     )

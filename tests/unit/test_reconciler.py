@@ -18,6 +18,7 @@ import pytest
 
 from tierscale.balancer.fake import FakeBalancer
 from tierscale.config import load_config_text
+from tierscale.config.revision import template_revision
 from tierscale.config.settings import settings_for
 from tierscale.controller.clock import ManualClock
 from tierscale.controller.group import GroupController
@@ -138,7 +139,10 @@ def make_tier(
     made: dict[str, Any] = {}
 
     def provider_factory(g: Any, state_dir: Path, sink: Any) -> FakeProvider:
-        p = provider_cls(g.name, clock=clock.now, hosts=tuple(hosts), cpu_percent=50.0)
+        revision = template_revision(g.template)
+        if "provider" in made:  # a rollout asks for another revision: the same fake tier makes it
+            return made["provider"].for_revision(revision)
+        p = provider_cls(g.name, revision=revision, clock=clock.now, hosts=tuple(hosts), cpu_percent=50.0)
         if pre is not None:
             pre(p)
         made["provider"] = p
@@ -440,8 +444,8 @@ def test_list_failing_at_start_still_adopts(tmp_path: Path, found: int, min_: in
 )
 def test_adoption_after_restart(tmp_path: Path, found: int, min_: int, max_: int, desired: int) -> None:
     def pre(p: FakeProvider) -> None:
-        for i in range(found):
-            p.add(f"r-old-{i}", revision=f"rev-{i % 2}", host=p.hosts[i % len(p.hosts)])
+        for i in range(found):  # of the template's revision: adoption alone (other revisions roll out)
+            p.add(f"r-old-{i}", host=p.hosts[i % len(p.hosts)])
 
     tier = make_tier(tmp_path, min_=min_, max_=max_, hosts=("h1", "h2"), pre=pre)
 

@@ -26,6 +26,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
+    StrictBool,
     StrictFloat,
     StrictInt,
     StrictStr,
@@ -36,6 +38,7 @@ from pydantic_core import PydanticCustomError
 
 from tierscale.addresses import AddressError, split_address
 from tierscale.config.durations import parse_duration, parse_size
+from tierscale.config.rollout import Amount, parse_amount
 from tierscale.policy.schedule import parse_cron
 
 __all__ = [
@@ -60,6 +63,7 @@ __all__ = [
     "ProcessTemplate",
     "PrometheusMetric",
     "RatePolicyConfig",
+    "RolloutConfig",
     "ScaleDownRules",
     "ScaleUpRules",
     "ScalingRulesConfig",
@@ -553,6 +557,42 @@ class BalancerConfig(_Model):
     algorithm: Literal["round_robin", "least_conn"] = "round_robin"
 
 
+def _amount(value: Any) -> Amount:
+    if isinstance(value, Amount):
+        return value
+    try:
+        return parse_amount(value)
+    except ValueError as exc:
+        raise problem(str(exc)) from None
+
+
+AmountField = Annotated[Amount, BeforeValidator(_amount), PlainSerializer(str, when_used="json")]
+
+
+class RolloutConfig(_Model):
+    """How a template change replaces the replicas (SPEC §7); the defaults are a Deployment's and Nomad's."""
+
+    max_surge: AmountField = Amount(25, percent=True)
+    max_unavailable: AmountField = Amount(0)
+    min_healthy_time: Duration = Field(default=10.0, ge=0)
+    healthy_deadline: PositiveDuration = 300.0
+    canary: NonNegativeInt = 0
+    auto_rollback: StrictBool = True
+
+    @model_validator(mode="after")
+    def _progress(self) -> RolloutConfig:
+        if self.max_surge.value == 0 and self.max_unavailable.value == 0:
+            raise problem(
+                "max_surge and max_unavailable cannot both be 0: no replica could ever be replaced",
+                "max_surge",
+            )
+        if self.healthy_deadline <= self.min_healthy_time:
+            raise problem(
+                f"must be longer than min_healthy_time ({self.min_healthy_time:g}s)", "healthy_deadline"
+            )
+        return self
+
+
 # ---- groups --------------------------------------------------------------------------------------------
 
 
@@ -586,11 +626,14 @@ class GroupBase(_Model):
     scale_in_order: Literal["newest", "oldest", "least_loaded"] = "newest"
     drain_timeout: Duration = 10.0
     balancer: BalancerConfig = Field(default_factory=BalancerConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
 
     @model_validator(mode="after")
     def _cross_fields(self) -> GroupBase:
         if self.max < self.min:
             raise problem(f"must be >= min ({self.min})", "max")
+        if self.rollout.canary > self.max:
+            raise problem(f"must be <= the group's max ({self.max})", "rollout", "canary")
         seen: dict[str, int] = {}
         for i, metric in enumerate(self.metrics):
             # Several Prometheus queries are fine; the same built-in metric twice is a copy-paste slip.

@@ -10,6 +10,7 @@ from functools import cached_property
 
 from tierscale.config.models import GroupBase
 from tierscale.config.revision import template_revision
+from tierscale.config.rollout import RolloutSpec
 from tierscale.config.to_policy import hpa_params, predictive_params, schedule_entries, threshold_params
 from tierscale.policy.predictive import PredictiveParams
 from tierscale.policy.schedule import ScheduleEntry
@@ -57,6 +58,7 @@ class GroupSettings:
     forecast: PredictiveParams = field(default_factory=PredictiveParams)  # policy: predictive
     schedule: tuple[ScheduleEntry, ...] = ()
     revision: str = ""  # the template revision new replicas are made from
+    rollout: RolloutSpec = field(default_factory=RolloutSpec)
 
     @cached_property
     def plan(self) -> PolicyPlan:
@@ -66,7 +68,7 @@ class GroupSettings:
 
 
 def settings_for(group: GroupBase) -> GroupSettings:
-    h = group.health
+    h, r = group.health, group.rollout
     return GroupSettings(
         name=group.name,
         tier=group.tier,
@@ -101,4 +103,12 @@ def settings_for(group: GroupBase) -> GroupSettings:
         # that a load step shows within seconds.
         metric_window=min(30.0, max(5.0, 3 * group.sync_period)),
         revision=template_revision(group.template),  # type: ignore[attr-defined]
+        rollout=RolloutSpec(
+            max_surge=r.max_surge,
+            max_unavailable=r.max_unavailable,
+            min_healthy_time=r.min_healthy_time,
+            healthy_deadline=r.healthy_deadline,
+            canary=r.canary,
+            auto_rollback=r.auto_rollback,
+        ),
     )

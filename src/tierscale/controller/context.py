@@ -74,6 +74,20 @@ class GroupContext:
     def observe_timeout(self) -> float:
         return max(10.0, 2 * self.s.sync_period)
 
+    def swap_provider(self, provider: Provider) -> None:
+        """Use `provider` from now on; the old one is closed once what it started has finished (a libvirt
+        provider's close also empties its warm pool, which the new one refills with the new revision)."""
+        old, self.provider = self.provider, provider
+        pending = [t for t in self.tasks if not t.done()]
+
+        async def close_later() -> None:
+            if pending:
+                await asyncio.wait(pending)
+            await asyncio.to_thread(old.close)
+
+        if old is not provider:
+            self.spawn(close_later())
+
     # ---- views of the replicas
     def active(self) -> list[Replica]:
         """Replicas that count toward the group: not leaving, not failed, not condemned."""

@@ -21,8 +21,10 @@ from tierscale.controller.context import GroupContext
 from tierscale.controller.observer import Observer
 from tierscale.controller.prober import ConsoleProber, HealthRounds, HttpProber, Prober
 from tierscale.controller.reconciler import Reconciler
-from tierscale.controller.status_model import GroupStatus
-from tierscale.controller.status_view import group_status
+from tierscale.controller.revisions import Templates
+from tierscale.controller.rollout import Rollouts
+from tierscale.controller.status_model import GroupStatus, RolloutView
+from tierscale.controller.status_view import group_status, rollout_view
 from tierscale.controller.telemetry import Telemetry
 from tierscale.eventstore import EventStore
 from tierscale.metrics.registry import SourceDeps, make_sources
@@ -46,14 +48,16 @@ class GroupController:
         telemetry: Telemetry,
         dry_run: bool = False,
         prober: Prober | None = None,
+        templates: Templates | None = None,
     ) -> None:
         self.ctx = ctx = GroupContext(settings, provider, balancer, store, clock, telemetry, dry_run)
+        self.rollouts = Rollouts(ctx, templates)
         self._session: aiohttp.ClientSession | None = None
         self.traffic_log = balancer.traffic_log() if balancer else None
         sources = make_sources(settings.metrics, SourceDeps(self.http, settings.health_timeout * 2))
         self.observer = Observer(ctx, sources, self.traffic_log)
         self.balancing = BalancerSync(ctx)
-        self.reconciler = Reconciler(ctx, self.balancing.sync)
+        self.reconciler = Reconciler(ctx, self.balancing.sync, self.rollouts)
         if prober is None:
             if settings.health_type == "console":
                 prober = ConsoleProber(ctx)
@@ -86,11 +90,18 @@ class GroupController:
         return self._session
 
     def status(self) -> GroupStatus:
-        return group_status(self.ctx, self.traffic_log)
+        status = group_status(self.ctx, self.traffic_log)
+        status.rollout = self.rollout_view()
+        return status
+
+    def rollout_view(self) -> RolloutView:
+        return rollout_view(self.rollouts)
 
     # ---- lifecycle
     async def start(self) -> None:
         """Adopt what the infrastructure already holds, and make sure the balancer runs."""
+        if not self.ctx.dry_run:
+            self.rollouts.load()
         if await self.observer.refresh():
             self._adopt()
         # Adopted replicas that answer get traffic at once instead of after the first health round.
@@ -135,7 +146,11 @@ class GroupController:
                 elapsed = ctx.clock.now() - started
                 ctx.tm.reconcile_seconds.labels(ctx.s.name).observe(elapsed)
                 ctx.wake.clear()
-                await self._sleep(stop, max(0.0, ctx.s.sync_period - elapsed))
+                wait = ctx.s.sync_period - elapsed
+                due = self.rollouts.next_due(ctx.clock.now())
+                if due is not None:  # a new replica finishes its min_healthy_time: act on it then
+                    wait = min(wait, due - ctx.clock.now() + 0.05)
+                await self._sleep(stop, max(0.0, wait))
         finally:
             health_task.cancel()
             await self.shutdown()
@@ -190,7 +205,8 @@ class GroupController:
         if not ctx.dry_run:
             rt.desired = decision.desired
             if listed:
-                self.reconciler.converge()
+                self.rollouts.step(now)
+                self.rollouts.after(self.reconciler.converge())
             await self.balancing.check()
             await self.balancing.sync()
         self._publish(now)

@@ -1,4 +1,5 @@
-"""The small handle the API holds: read a group's status, scale, pause, resume — nothing else.
+"""The small handle the API holds: read a group's status, scale, pause, resume, steer its rollout, and
+hand the controller a new config — nothing else.
 
 The API is started beside the controller (not from inside it) and never reaches into a group loop's
 memory, so the loop can change without the API noticing, and the API can be tested on a fake handle.
@@ -7,13 +8,25 @@ memory, so the loop can change without the API noticing, and the API can be test
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
 from tierscale.controller.group import GroupController
-from tierscale.controller.status_model import GroupStatus
+from tierscale.controller.status_model import GroupStatus, RolloutView
 from tierscale.eventstore import Event, EventStore, history_rows
+
+if TYPE_CHECKING:
+    from tierscale.config.models import Config
+    from tierscale.controller.live_config import ConfigDiff
+
+
+class Applier(Protocol):
+    """What the handle needs of the controller (the runner), without importing it."""
+
+    config: Config
+
+    async def apply(self, config: Config) -> ConfigDiff: ...
 
 StatusListener = Callable[[float, GroupStatus], None]
 
@@ -57,6 +70,14 @@ class GroupHandle:
     def resume(self) -> None:
         self._gc.resume()
 
+    def rollout(self) -> RolloutView:
+        return self._gc.rollout_view()
+
+    def rollout_action(self, action: str) -> RolloutView:
+        """pause | resume | promote | undo; RolloutError when it does not apply now."""
+        getattr(self._gc.rollouts, action)()
+        return self._gc.rollout_view()
+
     def add_status_listener(self, listener: StatusListener) -> None:
         self._gc.status_listeners.append(listener)
 
@@ -67,11 +88,38 @@ class GroupHandle:
 
 class ControllerHandle:
     def __init__(
-        self, groups: Mapping[str, GroupController], store: EventStore, registry: CollectorRegistry
+        self,
+        groups: Mapping[str, GroupController],
+        store: EventStore,
+        registry: CollectorRegistry,
+        controller: Applier | None = None,
     ) -> None:
-        self.groups: dict[str, GroupHandle] = {name: GroupHandle(gc) for name, gc in groups.items()}
+        self._groups = groups  # the controller's own dict: `apply` adds and removes groups in it
+        self._handles: dict[int, GroupHandle] = {}
         self._store = store
         self.registry = registry
+        self._controller = controller
+
+    @property
+    def groups(self) -> dict[str, GroupHandle]:
+        # One handle per loop, so listeners registered through it stay with the group.
+        out = {}
+        for name, gc in self._groups.items():
+            h = self._handles.get(id(gc))
+            if h is None or h._gc is not gc:
+                h = self._handles[id(gc)] = GroupHandle(gc)
+            out[name] = h
+        return out
+
+    @property
+    def config(self) -> Config | None:
+        return self._controller.config if self._controller else None
+
+    async def apply(self, config: Config) -> ConfigDiff:
+        """ApplyError / ControllerError (a group owned by another controller) when it cannot be taken."""
+        if self._controller is None:
+            raise RuntimeError("this handle cannot take a new config")
+        return await self._controller.apply(config)
 
     def events(self, group: str, since: float, limit: int, kinds: tuple[str, ...]) -> list[Event]:
         return self._store.events(group, since, limit, kinds)

@@ -12,6 +12,8 @@ import secrets
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 
 from tierscale.controller.context import GroupContext
+from tierscale.controller.rollout import Rollouts
+from tierscale.controller.rollout_plan import RolloutPlan, plan
 from tierscale.providers.base import ProviderError, Replica, ReplicaGone, ReplicaStats
 
 log = logging.getLogger("tierscale.controller")
@@ -37,9 +39,12 @@ def victim_order(
 
 
 class Reconciler:
-    def __init__(self, ctx: GroupContext, rebalance: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self, ctx: GroupContext, rebalance: Callable[[], Awaitable[None]], rollouts: Rollouts
+    ) -> None:
         self.ctx = ctx
         self.rebalance = rebalance  # takes a leaving replica out of the balancer before it is drained
+        self.rollouts = rollouts
 
     def reap_failed(self) -> None:
         """Replicas that exited or were condemned by health checks are removed; `converge` replaces them."""
@@ -52,32 +57,31 @@ class Reconciler:
             if r.state == "failed":
                 ctx.tm.replacements.labels(ctx.s.name, "exited").inc()
                 ctx.event("replica_replaced", f"replica {r.id} exited; replacing it", r.id, reason="exited")
-            elif not ctx.health.is_unhealthy(r.id):
+                self.rollouts.replica_lost(r, "exited")
+            elif ctx.health.is_unhealthy(r.id):
+                self.rollouts.replica_lost(r, "failed its health checks")
+            else:
                 continue
             rt.draining.add(r.id)
             ctx.spawn(self.delete(r, drain=False))
 
-    def converge(self) -> None:
+    def converge(self) -> RolloutPlan:
+        """Create and remove toward `desired`, by the rolling-replacement rule while revisions differ."""
         ctx, rt = self.ctx, self.ctx.rt
-        want = rt.desired or 0
-        active = ctx.active()
-        have = len(active) + rt.creating
-        if have < want:
-            if ctx.clock.now() < rt.create_backoff.not_before:
-                return
-            for _ in range(want - have):
-                rt.creating += 1
-                ctx.spawn(self.create())
-        elif have > want and rt.creating == 0:
-            for victim in self.pick_victims(len(active) - want):
-                rt.draining.add(victim.id)
-                ctx.spawn(self.delete(victim, drain=True))
-
-    def pick_victims(self, n: int) -> list[Replica]:
-        ctx = self.ctx
         active = ctx.active()
         ready = {r.id for r in active if ctx.health.is_ready(r.id)}
-        return victim_order(active, ready, ctx.rt.stats, ctx.s.scale_in_order)[: max(0, n)]
+        ordered = victim_order(active, ready, rt.stats, ctx.s.scale_in_order)
+        now = ctx.clock.now()
+        p = plan(self.rollouts.input(rt.desired or 0, self.rollouts.members(ordered, now), rt.creating))
+        if p.create and now >= rt.create_backoff.not_before:
+            for _ in range(p.create):
+                rt.creating += 1
+                ctx.spawn(self.create())
+        for rid in p.remove:
+            victim = rt.replicas[rid]
+            rt.draining.add(rid)
+            ctx.spawn(self.delete(victim, drain=True))
+        return p
 
     async def create(self) -> None:
         ctx, rt = self.ctx, self.ctx.rt

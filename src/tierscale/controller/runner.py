@@ -24,8 +24,11 @@ from tierscale.config.settings import settings_for
 from tierscale.controller.clock import Clock, WallClock
 from tierscale.controller.group import GroupController
 from tierscale.controller.handle import ControllerHandle
+from tierscale.controller.live_config import ConfigDiff, diff
 from tierscale.controller.locks import group_dir, group_lock
 from tierscale.controller.prober import Prober
+from tierscale.controller.reconfigure import KEEP, NewParts, reconfigure
+from tierscale.controller.revisions import StoredTemplates
 from tierscale.controller.telemetry import Telemetry
 from tierscale.eventstore import EventStore
 from tierscale.private_dirs import make_private_dir
@@ -50,7 +53,7 @@ def make_balancer(group: GroupBase, state_dir: Path) -> NginxBalancer | None:
 
 
 class Controller:
-    """All groups of one config, each an independent loop in one event loop."""
+    """All groups of one config, each an independent loop in one event loop; `apply` changes the set."""
 
     def __init__(
         self,
@@ -69,57 +72,172 @@ class Controller:
         self.clock = clock or WallClock()
         self.telemetry = telemetry or Telemetry()
         self.dry_run = dry_run
+        self.provider_factory = provider_factory
+        self.balancer_factory = balancer_factory
+        self.prober_factory = prober_factory
         self.groups: dict[str, GroupController] = {}
+        self.templates: dict[str, StoredTemplates] = {}
+        self._locks: dict[str, contextlib.ExitStack] = {}
+        self._stops: dict[str, asyncio.Event] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._apply_lock = asyncio.Lock()
         for g in config.groups:
-            settings = settings_for(g)
-            # The provider's events go through the group's recorder, which exists only once the group
-            # does: bind late.
-            sink: list[EventSink] = []
-            provider = provider_factory(g, self.state_dir, lambda k, m, d, sink=sink: sink[0](k, m, d))
-            gc = GroupController(
-                settings,
-                provider,
-                balancer_factory(g, self.state_dir),
-                self.store,
-                self.clock,
-                self.telemetry,
-                dry_run=dry_run,
-                prober=prober_factory(g, provider) if prober_factory else None,
-            )
-            sink.append(gc.ctx.provider_event)
-            self.groups[g.name] = gc
-            self.telemetry.init_group(g.name, g.tier)
+            self.groups[g.name] = self._build(g)
+
+    def _provider(self, g: GroupBase, sink: list[EventSink]) -> Provider:
+        # The provider's events go through the group's recorder, which exists only once the group does:
+        # bind late.
+        return self.provider_factory(g, self.state_dir, lambda k, m, d: sink[0](k, m, d))
+
+    def _build(self, g: GroupBase) -> GroupController:
+        sink: list[EventSink] = []
+        provider = self._provider(g, sink)
+        templates = StoredTemplates(g, self.store, lambda old: self._provider(old, sink))
+        gc = GroupController(
+            settings_for(g),
+            provider,
+            self.balancer_factory(g, self.state_dir),
+            self.store,
+            self.clock,
+            self.telemetry,
+            dry_run=self.dry_run,
+            prober=self.prober_factory(g, provider) if self.prober_factory else None,
+            templates=templates,
+        )
+        sink.append(gc.ctx.provider_event)
+        self.templates[g.name] = templates
+        self.telemetry.init_group(g.name, g.tier)
+        return gc
 
     def handle(self) -> ControllerHandle:
-        return ControllerHandle(self.groups, self.store, self.telemetry.registry)
+        return ControllerHandle(self.groups, self.store, self.telemetry.registry, self)
+
+    def _lock(self, name: str) -> None:
+        stack = contextlib.ExitStack()
+        stack.enter_context(group_lock(self.state_dir, name))
+        self._locks[name] = stack
+
+    def _unlock(self, name: str) -> None:
+        stack = self._locks.pop(name, None)
+        if stack is not None:
+            stack.close()
 
     def _lock_all(self) -> contextlib.ExitStack:
         locks = contextlib.ExitStack()
         try:
             for name in self.groups:
-                locks.enter_context(group_lock(self.state_dir, name))
+                self._lock(name)
+                locks.callback(self._unlock, name)
         except BaseException:
             locks.close()
             raise
         return locks
+
+    def _start_group(self, name: str) -> None:
+        self.store.record_event(name, "controller_started", f"controller started (pid {os.getpid()})")
+        stop = self._stops[name] = asyncio.Event()
+        self._tasks[name] = asyncio.create_task(self.groups[name].run(stop), name=f"group-{name}")
 
     async def run(self, stop: asyncio.Event, started: Callable[[], object] | None = None) -> None:
         """Every group's loop until `stop`; `started` is called once the locks are held."""
         with self._lock_all():
             if started is not None:
                 await _maybe_await(started())
-            for name in self.groups:
-                self.store.record_event(name, "controller_started", f"controller started (pid {os.getpid()})")
-            tasks = [
-                asyncio.create_task(gc.run(stop), name=f"group-{name}") for name, gc in self.groups.items()
-            ]
+            for name in list(self.groups):
+                self._start_group(name)
+            stopped = asyncio.ensure_future(stop.wait())
             try:
-                await asyncio.gather(*tasks)
+                while not stop.is_set():
+                    await asyncio.wait({stopped, *self._tasks.values()}, return_when=asyncio.FIRST_COMPLETED)
+                    for name, task in list(self._tasks.items()):
+                        if task.done() and not self._stops[name].is_set():
+                            task.result()  # a group that ended on its own: its error ends the run
             finally:
+                stopped.cancel()
+                for ev in self._stops.values():
+                    ev.set()
+                if self._tasks:
+                    await asyncio.gather(*self._tasks.values(), return_exceptions=True)
                 for name in self.groups:
                     self.store.record_event(
                         name, "controller_stopped", "controller stopped; replicas keep running"
                     )
+
+    async def apply(self, config: Config) -> ConfigDiff:
+        """Take a new config while running: all of it, or (ApplyError, ControllerError) none of it."""
+        async with self._apply_lock:
+            change = diff(self.config, config)
+            built: dict[str, GroupController] = {}
+            parts: dict[str, NewParts] = {}
+            try:
+                for name in change.added:
+                    self._lock(name)  # another controller owning it refuses here
+                    built[name] = self._build(config.group(name))
+                for name in change.changed:
+                    parts[name] = self._new_parts(self.groups[name], config.group(name), change)
+            except BaseException:
+                for name, gc in built.items():
+                    gc.provider.close()
+                    self.groups.pop(name, None)
+                    self.telemetry.forget_group(name)
+                for name in change.added:
+                    self._unlock(name)
+                for p in parts.values():
+                    if p.provider is not None:
+                        p.provider.close()
+                raise
+            for name, p in parts.items():
+                self.templates[name].declare(config.group(name))
+                await reconfigure(self.groups[name], p)
+                gc = self.groups[name]
+                gc.ctx.event(
+                    "config_applied",
+                    f"new config: {', '.join(change.changed[name])} changed",
+                    changed=list(change.changed[name]),
+                )
+            for name in change.removed:
+                await self._release(name)
+            self.config = config
+            for name, gc in built.items():
+                self.groups[name] = gc
+                gc.ctx.event("config_applied", "new group from the applied config")
+                if self._stops or self._tasks:  # running: start it now (otherwise `run` will)
+                    self._start_group(name)
+            return change
+
+    def _new_parts(self, gc: GroupController, g: GroupBase, change: ConfigDiff) -> NewParts:
+        keys = change.changed[gc.name]
+        provider = None
+        if "template" in keys or "warm_pool" in keys:
+            sink: list[EventSink] = [gc.ctx.provider_event]
+            provider = self._provider(g, sink)
+        balancer: object = KEEP
+        if "balancer" in keys:
+            try:
+                balancer = self.balancer_factory(g, self.state_dir)
+            except BaseException:
+                if provider is not None:
+                    provider.close()
+                raise
+        return NewParts(settings_for(g), provider, balancer)
+
+    async def _release(self, name: str) -> None:
+        """A group the new config no longer names: its loop stops, its replicas and balancer stay."""
+        gc = self.groups.pop(name)
+        stop, task = self._stops.pop(name, None), self._tasks.pop(name, None)
+        if stop is not None:
+            stop.set()
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+        gc.ctx.event(
+            "group_unmanaged",
+            "no longer in the config: not managed any more; its replicas keep running "
+            "(`tierscale down` removes them)",
+        )
+        gc.provider.close()
+        self.store.clear_status(name)
+        self.telemetry.forget_group(name)
+        self._unlock(name)
 
     async def run_once(self) -> None:
         with self._lock_all():

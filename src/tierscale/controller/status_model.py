@@ -55,6 +55,27 @@ class BalancerView(_View):
     backends: list[str]
 
 
+class RolloutView(_View):
+    group: str
+    state: str = Field(
+        description="complete, progressing, rolling_back, awaiting_promotion (canaries healthy), paused "
+        "or failed"
+    )
+    target: str = Field(description="the revision being rolled out (new replicas are made from it)")
+    previous: str | None = Field(description="the last revision fully rolled out before it")
+    declared: str = Field(description="the revision the config names (another than target after a rollback)")
+    rejected: str | None = Field(None, description="a revision that failed or was undone")
+    reason: str = ""
+    started_at: float = Field(0.0, description="unix time")
+    canary: int = 0
+    promoted: bool = False
+    max_surge: int = Field(0, description="extra replicas allowed now")
+    max_unavailable: int = Field(0, description="replicas that may be missing now")
+    replicas: dict[str, int] = Field(description="replicas per revision (not counting leaving ones)")
+    updated: int = Field(0, description="replicas of the target revision")
+    healthy: int = Field(0, description="of those, healthy for min_healthy_time")
+
+
 class GroupStatus(_View):
     group: str
     tier: str
@@ -76,3 +97,4 @@ class GroupStatus(_View):
     p95_ms: float | None = None
     replicas: list[ReplicaView]
     last_decision: DecisionView | None
+    rollout: RolloutView | None = None

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from tierscale.balancer.accesslog import AccessLogReader
 from tierscale.controller.context import GroupContext
+from tierscale.controller.rollout import Rollouts
 from tierscale.controller.state import ReplicaState, replica_state
 from tierscale.controller.status_model import (
     BalancerView,
@@ -11,6 +14,7 @@ from tierscale.controller.status_model import (
     GroupStatus,
     ProposalView,
     ReplicaView,
+    RolloutView,
 )
 from tierscale.policy.types import Decision
 
@@ -79,4 +83,29 @@ def group_status(ctx: GroupContext, traffic_log: AccessLogReader | None) -> Grou
         p95_ms=round(totals.p95_ms, 1) if totals and totals.p95_ms is not None else None,
         replicas=replicas,
         last_decision=None if rt.last_decision is None else decision_view(rt.last_decision),
+    )
+
+
+def rollout_view(ro: Rollouts) -> RolloutView:
+    ctx, rec = ro.ctx, ro.rec
+    now = ctx.clock.now()
+    active = ctx.active()
+    members = ro.members(active, now)
+    surge, unavailable = ctx.s.rollout.limits(ctx.rt.desired or 0)
+    return RolloutView(
+        group=ctx.s.name,
+        state=rec.state,
+        target=rec.target,
+        previous=rec.previous,
+        declared=ro.declared,
+        rejected=rec.rejected,
+        reason=rec.reason,
+        started_at=rec.started_at,
+        canary=ctx.s.rollout.canary,
+        promoted=rec.promoted,
+        max_surge=surge,
+        max_unavailable=unavailable,
+        replicas=dict(Counter(r.revision or "unmarked" for r in active)),
+        updated=sum(m.revision == rec.target for m in members),
+        healthy=sum(m.revision == rec.target and m.healthy for m in members),
     )

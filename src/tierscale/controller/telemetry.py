@@ -11,6 +11,7 @@ from tierscale.controller.state import STATES
 # The label values the controller uses: listed here so every series exists from the start.
 REPLICA_STATES = STATES
 REPLACEMENT_REASONS = ("exited", "unhealthy", "vanished")
+ROLLOUT_RESULTS = ("complete", "failed", "rolled_back", "undone")
 
 
 class Telemetry:
@@ -49,6 +50,31 @@ class Telemetry:
             "tierscale_replacements", "Replicas replaced, by reason", ["group", "reason"], registry=r
         )
 
+        self.rollout_replicas = Gauge(
+            "tierscale_rollout_replicas", "Replicas by template revision", ["group", "revision"], registry=r
+        )
+        self.rollouts = Counter(
+            "tierscale_rollouts", "Rollouts by how they ended", ["group", "result"], registry=r
+        )
+
+    def forget_group(self, group: str) -> None:
+        """A group no longer managed: its series go, so dashboards do not show a frozen last value."""
+        for metric in (
+            self.replicas,
+            self.desired,
+            self.metric_value,
+            self.metric_target,
+            self.scale_events,
+            self.provision_seconds,
+            self.reconcile_seconds,
+            self.balancer_reloads,
+            self.replacements,
+            self.rollout_replicas,
+            self.rollouts,
+        ):
+            for labels in [k for k in list(metric._metrics) if k and k[0] == group]:
+                metric.remove(*labels)
+
     def set_replica_counts(self, group: str, states: Iterable[str]) -> None:
         counts = dict.fromkeys(REPLICA_STATES, 0)
         for state in states:
@@ -71,5 +97,7 @@ class Telemetry:
         for state in REPLICA_STATES:
             self.replicas.labels(group, state)
         self.desired.labels(group)
+        for result in ROLLOUT_RESULTS:
+            self.rollouts.labels(group, result)
         self.provision_seconds.labels(group, tier)
         self.reconcile_seconds.labels(group)

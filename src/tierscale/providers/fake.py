@@ -8,6 +8,7 @@ host that stops answering (partial listings). `FakeProber` reads health from it 
 
 from __future__ import annotations
 
+import copy
 import itertools
 import threading
 import time
@@ -68,6 +69,14 @@ class FakeProvider:
         self._ports = itertools.count(20000)
         self._place = itertools.cycle(self.hosts)
         self.closed = False
+        self.bad_revisions: set[str] = set()  # replicas of these revisions never turn healthy
+
+    def for_revision(self, revision: str) -> FakeProvider:
+        """The same fake tier, making replicas of another template revision (what a rollout switches to)."""
+        other = copy.copy(self)  # shallow: the replicas, switches and lock stay shared
+        other.revision = revision
+        other.closed = False
+        return other
 
     # ---- scripting failures (from the test, any thread)
     def fail_next(self, op: str, count: int = 1, error: type[ProviderError] = ProviderError) -> None:
@@ -154,7 +163,7 @@ class FakeProvider:
             ref=f"fake-{replica_id}",
         )
         self.replicas[replica_id] = r
-        self.healthy[replica_id] = self.healthy_on_create
+        self.healthy[replica_id] = self.healthy_on_create and r.revision not in self.bad_revisions
         return r
 
 
