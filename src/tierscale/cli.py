@@ -88,7 +88,7 @@ def run(file: str, dry_run: bool, once: bool, log_format: str, verbose: bool) ->
     from tierscale.service import run_controller
 
     try:
-        sys.exit(run_controller(cfg, dry_run=dry_run, once=once))
+        sys.exit(run_controller(cfg, dry_run=dry_run, once=once, path=file))
     except (ControllerError, ProviderError, BalancerError) as exc:
         fail(str(exc))
 
@@ -178,14 +178,21 @@ def _api_options(fn: Any) -> Any:
     )(fn)
 
 
-def _api_call(api: str | None, config: str | None, path: str, body: dict[str, Any] | None = None) -> Any:
-    """POST to the running controller; token from $TIERSCALE_API_TOKEN (or the config's token_env)."""
+def _api_call(
+    api: str | None,
+    config: str | Any | None,
+    path: str,
+    body: dict[str, Any] | None = None,
+    method: str = "POST",
+    text: str | None = None,
+) -> Any:
+    """Call the running controller; token from $TIERSCALE_API_TOKEN (or the config's token_env)."""
     from tierscale.api.client import ApiClientError, call, resolve
 
-    cfg = load_or_exit(config) if config else None
+    cfg = load_or_exit(config) if isinstance(config, str) else config
     base, token_env, token = resolve(api, cfg)
     try:
-        return call(base, "POST", path, body, token=token, token_env=token_env)
+        return call(base, method, path, body, token=token, token_env=token_env, text=text)
     except ApiClientError as exc:
         fail(str(exc), exc.exit_code)
 
@@ -225,6 +232,69 @@ def resume(group: str, api: str | None, config: str | None) -> None:
     """Hand a paused group back to its policy."""
     st = _api_call(api, config, _group_path(group, "resume"))
     click.echo(f"{st['group']}: policy resumed (desired {st['desired']})")
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--api", "api", metavar="URL", help="The controller's API. Default: api.listen of FILE.")
+def apply(file: str, api: str | None) -> None:
+    """Validate FILE and hand it to the running controller (a template change starts a rollout)."""
+    cfg = load_or_exit(file)  # exit 2, nothing sent, on any problem
+    text = Path(file).read_text(encoding="utf-8")
+    out = _api_call(api, cfg, "/api/config", text=text)
+    lines = [f"{name}: new group, started" for name in out["added"]]
+    for name, keys in out["changed"].items():
+        what = ", ".join(keys)
+        tail = "; rolling out the new template (`tierscale rollout status " + name + "`)"
+        lines.append(f"{name}: {what} changed" + (tail if name in out["rollouts"] else ""))
+    lines += [
+        f"{name}: no longer managed; its replicas keep running (`down` removes them)"
+        for name in out["removed"]
+    ]
+    click.echo("\n".join(lines) or "no change")
+
+
+@main.group()
+def rollout() -> None:
+    """Follow and steer a group's rollout to a new template revision."""
+
+
+def _rollout_line(r: dict[str, Any]) -> str:
+    counts = ", ".join(f"{rev}: {n}" for rev, n in sorted(r["replicas"].items())) or "no replicas"
+    head = f"{r['group']}: {r['state']}, target {r['target']}"
+    if r.get("previous"):
+        head += f" (from {r['previous']})"
+    head += f"; {r['updated']} updated, {r['healthy']} healthy; replicas by revision: {counts}"
+    if r.get("reason"):
+        head += f"; {r['reason']}"
+    return head
+
+
+@rollout.command("status")
+@click.argument("group")
+@click.option("--json", "as_json", is_flag=True)
+@_api_options
+def rollout_status(group: str, as_json: bool, api: str | None, config: str | None) -> None:
+    """Target and previous revision, state, and replicas per revision."""
+    r = _api_call(api, config, _group_path(group, "rollout"), method="GET")
+    click.echo(json.dumps(r) if as_json else _rollout_line(r))
+
+
+def _rollout_action(action: str, doc: str) -> None:
+    @rollout.command(action, help=doc)
+    @click.argument("group")
+    @_api_options
+    def command(group: str, api: str | None, config: str | None) -> None:
+        click.echo(_rollout_line(_api_call(api, config, _group_path(group, f"rollout/{action}"))))
+
+
+for _action, _doc in (
+    ("pause", "Stop replacing replicas (scaling goes on)."),
+    ("resume", "Go on after a pause or a failure, or retry a rolled-back revision."),
+    ("promote", "Go on past the canaries."),
+    ("undo", "Roll back to the revision before the current one."),
+):
+    _rollout_action(_action, _doc)
 
 
 @main.command()

@@ -71,7 +71,26 @@ async def serve(
         running.clear()
 
 
-def run_controller(config: Config, dry_run: bool = False, once: bool = False) -> int:
+async def reload(controller: Controller, path: str) -> bool:
+    """SIGHUP: re-read the file `run` was started with and apply it; a bad file changes nothing."""
+    from tierscale.config.loader import ConfigError, load_config
+    from tierscale.controller.live_config import ApplyError
+
+    try:
+        config = await asyncio.to_thread(load_config, path)
+        change = await controller.apply(config)
+    except ConfigError as exc:
+        more = f" (and {len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""
+        log.error("SIGHUP: %s not applied, the running config stays: %s%s", path, exc.problems[0], more)
+        return False
+    except (ApplyError, ControllerError) as exc:
+        log.error("SIGHUP: %s not applied, the running config stays: %s", path, exc)
+        return False
+    log.info("SIGHUP: %s applied: %s", path, change.summary() if not change.empty else "no change")
+    return True
+
+
+def run_controller(config: Config, dry_run: bool = False, once: bool = False, path: str | None = None) -> int:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     # Provider calls (docker, libvirt, openstack SDKs) block; a roomy pool keeps groups independent.
@@ -83,6 +102,15 @@ def run_controller(config: Config, dry_run: bool = False, once: bool = False) ->
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[bool]] = set()
+    if path is not None and not once:
+
+        def on_hup() -> None:
+            task = loop.create_task(reload(controller, path))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
         if once:
             loop.run_until_complete(controller.run_once())

@@ -1,4 +1,5 @@
-"""The client side of the API for `tierscale scale|pause|resume`: stdlib HTTP, no event loop needed."""
+"""The client side of the API for `tierscale scale|pause|resume|apply|rollout`: stdlib HTTP, no event
+loop needed."""
 
 from __future__ import annotations
 
@@ -44,13 +45,18 @@ def call(
     token: str | None = None,
     token_env: str = DEFAULT_TOKEN_ENV,
     timeout: float = 10.0,
+    text: str | None = None,
 ) -> dict[str, Any]:
+    """`body` goes as JSON; `text` (a config file for POST /api/config) as it is."""
     parsed = urllib.parse.urlsplit(base)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise ApiClientError(f"--api: expected a URL like {DEFAULT_URL} (got {base!r})", 2)
     headers = {"Accept": "application/json"}
     data = None
-    if method != "GET":
+    if text is not None:
+        data = text.encode()
+        headers["Content-Type"] = "application/yaml"
+    elif method != "GET":
         data = json.dumps(body or {}).encode()
         headers["Content-Type"] = "application/json"
     if token:

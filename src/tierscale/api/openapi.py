@@ -179,6 +179,57 @@ def _mutation(summary: str, description: str, body: dict[str, Any], required: bo
     }
 
 
+def _rollout_action(summary: str, description: str) -> dict[str, Any]:
+    op = _mutation(summary, description, _ref("Empty"), False)
+    op["responses"]["200"] = _json(_ref("RolloutView"), "The group's rollout after the change.")
+    op["responses"]["409"] = _error(
+        "The action does not apply now (nothing to promote, no earlier revision)."
+    )
+    return op
+
+
+APPLY = {
+    "summary": "Apply a new config",
+    "description": "The body is a whole config file (YAML or JSON). It is validated, then taken by the "
+    "running controller: bounds, metrics, behavior, health, drain and balancer settings apply at the next "
+    "pass, a template change starts a rollout, new groups start, and groups left out stop being managed "
+    "(their replicas keep running). Nothing changes when any of it cannot be taken.",
+    "security": [{"bearer": []}],
+    "requestBody": {
+        "required": True,
+        "content": {"application/yaml": {"schema": {"type": "string"}}},
+    },
+    "responses": {
+        "200": _json(_ref("ConfigApplied"), "What the config changed."),
+        "400": _error("The config is not valid: the error names the file line and field."),
+        "401": _error("Missing or wrong bearer token."),
+        "403": _error("No token configured on the controller: changes through the API are disabled."),
+        "409": _error(
+            "Valid, but this controller cannot take it (another controller owns a group, "
+            "state_dir or api changed, a group changed tier)."
+        ),
+        "413": _error("Body larger than 64 KiB."),
+    },
+}
+
+SCHEMAS["ConfigApplied"] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["applied", "added", "removed", "changed", "rollouts"],
+    "properties": {
+        "applied": {"type": "boolean"},
+        "added": {"type": "array", "items": {"type": "string"}},
+        "removed": {"type": "array", "items": {"type": "string"}},
+        "changed": {
+            "type": "object",
+            "additionalProperties": {"type": "array", "items": {"type": "string"}},
+            "description": "group → the top-level keys that changed",
+        },
+        "rollouts": {"type": "array", "items": {"type": "string"}, "description": "groups now rolling out"},
+    },
+}
+
+
 def _model_schemas() -> dict[str, Any]:
     """The status bodies' schemas, generated from the models the controller fills."""
     schema = GroupStatus.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -336,5 +387,30 @@ def openapi_document() -> dict[str, Any]:
                     False,
                 )
             },
+            "/api/groups/{name}/rollout": {
+                "get": {
+                    "summary": "The group's rollout",
+                    "parameters": [NAME_PARAM],
+                    "responses": {
+                        "200": _json(_ref("RolloutView"), "Target and previous revision, state, counts."),
+                        "404": _error("No such group."),
+                    },
+                }
+            },
+            "/api/groups/{name}/rollout/pause": {
+                "post": _rollout_action("Pause the rollout", "No more replicas are replaced until resume.")
+            },
+            "/api/groups/{name}/rollout/resume": {
+                "post": _rollout_action(
+                    "Resume the rollout", "After a pause or a failure; or retries a rolled-back revision."
+                )
+            },
+            "/api/groups/{name}/rollout/promote": {
+                "post": _rollout_action("Promote the canaries", "The rollout goes on past its canaries.")
+            },
+            "/api/groups/{name}/rollout/undo": {
+                "post": _rollout_action("Undo", "Roll back to the revision before the current one.")
+            },
+            "/api/config": {"post": APPLY},
         },
     }

@@ -21,6 +21,10 @@ from tierscale.api.errors import ApiError
 from tierscale.api.openapi import openapi_document
 from tierscale.api.series import WINDOW, GroupSeries
 from tierscale.api.static import Asset, load_assets
+from tierscale.config.loader import ConfigError, load_config_text
+from tierscale.controller.live_config import ApplyError
+from tierscale.controller.locks import ControllerError
+from tierscale.controller.rollout import RolloutError
 from tierscale.views import parse_since
 
 if TYPE_CHECKING:
@@ -30,6 +34,7 @@ log = logging.getLogger("tierscale.api")
 
 EVENTS_DEFAULT_LIMIT = 200
 EVENTS_MAX_LIMIT = 5000
+ROLLOUT_ACTIONS = ("pause", "resume", "promote", "undo")
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -59,12 +64,18 @@ class Routes:
         self.controller = controller
         self.auth = auth
         self.series: dict[str, GroupSeries] = {}
-        for name, gc in controller.groups.items():
-            series = GroupSeries(gc.sync_period)
-            self.series[name] = series
-            gc.add_status_listener(series.add)
+        for gc in controller.groups.values():
+            self._series(gc)
         self.assets: dict[str, Asset] = load_assets()
         self._openapi = json.dumps(openapi_document())
+
+    def _series(self, gc: GroupHandle) -> GroupSeries:
+        """A group's chart series (a group added by `apply` gets its own from its first request on)."""
+        series = self.series.get(gc.name)
+        if series is None:
+            series = self.series[gc.name] = GroupSeries(gc.sync_period)
+            gc.add_status_listener(series.add)
+        return series
 
     def detach(self) -> None:
         for name, gc in self.controller.groups.items():
@@ -86,6 +97,9 @@ class Routes:
         r.add_post("/api/groups/{name}/scale", self.scale)
         r.add_post("/api/groups/{name}/pause", self.pause)
         r.add_post("/api/groups/{name}/resume", self.resume)
+        r.add_get("/api/groups/{name}/rollout", self.rollout)
+        r.add_post("/api/groups/{name}/rollout/{action}", self.rollout_action)
+        r.add_post("/api/config", self.apply_config)
 
     # ------------------------------------------------------------------ helpers
     def _group(self, request: web.Request) -> GroupHandle:
@@ -155,7 +169,7 @@ class Routes:
         gc = self._group(request)
         now = gc.now()
         since = self._since(request, now)
-        body = self.series[gc.name].columns(now, since)
+        body = self._series(gc).columns(now, since)
         start = max(now - WINDOW, since if since is not None else 0.0)
         ready = await asyncio.to_thread(self.controller.events, gc.name, start, 2000, ("replica_ready",))
         body["provision"] = [
@@ -227,3 +241,42 @@ class Routes:
         if gc.paused:
             _apply(gc, "resume", gc.resume)
         return _json(self._body(gc))
+
+    # ------------------------------------------------------------------ rollouts and live config
+    async def rollout(self, request: web.Request) -> web.Response:
+        return _json(self._group(request).rollout().model_dump(mode="json"))
+
+    async def rollout_action(self, request: web.Request) -> web.Response:
+        self.auth.check(request)
+        gc = self._group(request)
+        action = request.match_info["action"]
+        if action not in ROLLOUT_ACTIONS:
+            raise ApiError(
+                404, f"no rollout action {_shown(action)} (one of: {', '.join(ROLLOUT_ACTIONS)})", "action"
+            )
+        await self._json_object(request, ())
+        try:
+            view = gc.rollout_action(action)
+        except RolloutError as exc:
+            raise ApiError(409, f"{gc.name}: {exc}", "action") from None
+        return _json(view.model_dump(mode="json"))
+
+    async def apply_config(self, request: web.Request) -> web.Response:
+        """The body is the config file itself (YAML, or JSON, which is YAML too)."""
+        self.auth.check(request)
+        raw = await request.read()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ApiError(400, "body: the config must be UTF-8 text", "body") from None
+        try:
+            config = await asyncio.to_thread(load_config_text, text, "<applied config>")
+        except ConfigError as exc:
+            first = exc.problems[0]
+            more = f" (and {len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""
+            raise ApiError(400, f"{first}{more}", first.field or "body") from None
+        try:
+            change = await self.controller.apply(config)
+        except (ApplyError, ControllerError) as exc:
+            raise ApiError(409, str(exc), "config") from None
+        return _json({"applied": True, **change.summary()})

@@ -28,6 +28,7 @@ class Applier(Protocol):
 
     async def apply(self, config: Config) -> ConfigDiff: ...
 
+
 StatusListener = Callable[[float, GroupStatus], None]
 
 
