@@ -40,7 +40,7 @@ def parse_amount(value: object) -> Amount:
         text = value.strip()
         percent = text.endswith("%")
         digits = text[:-1].strip() if percent else text
-        if not digits.isdigit():
+        if not (digits.isascii() and digits.isdigit()):
             raise ValueError(f"must be a count or a percent such as 25% (got {value!r})")
         n = int(digits)
         if percent and n > 100:

@@ -116,6 +116,12 @@ class GroupController:
         for r in adopted:
             ctx.event("replica_adopted", f"adopted replica {r.id} at {r.address}", r.id, state=r.state)
         count = len([r for r in adopted if r.state != "failed"])
+        if self.rollouts.rec.state != "complete":
+            # Mid-rollout the listing holds surge replicas too: the count the last pass decided is the
+            # group's size (as a Deployment's spec is), not what happens to exist.
+            last = ctx.store.decisions(ctx.s.name, limit=1)
+            if last:
+                count = last[0].desired
         rt.desired = max(ctx.s.min, min(ctx.s.max, count))
         other = [r for r in adopted if r.revision != ctx.s.revision]
         if other:

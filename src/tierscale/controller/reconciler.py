@@ -98,10 +98,12 @@ class Reconciler:
                 rid,
                 error=str(exc),
             )
+            self.rollouts.create_failed(exc)
             return
         finally:
             rt.creating -= 1
         rt.create_backoff.ok()
+        self.rollouts.created()
         rt.replicas[replica.id] = replica
         ctx.health.track(replica.id, replica.created_at)
         ctx.event(

@@ -16,7 +16,7 @@ from typing import Any
 from tierscale.controller.context import GroupContext
 from tierscale.controller.revisions import Templates
 from tierscale.controller.rollout_plan import Member, RolloutInput, RolloutPlan
-from tierscale.providers.base import Replica
+from tierscale.providers.base import Replica, TemplateError
 
 log = logging.getLogger("tierscale.controller")
 
@@ -55,6 +55,7 @@ class Rollouts:
         self.rec = RolloutRecord(target=ctx.s.revision)
         self.loaded_at = ctx.clock.now()
         self._labels: set[str] = set()
+        self._create_failing_since: float | None = None
 
     # ---- start, restart, and new configs
     def load(self) -> None:
@@ -171,6 +172,23 @@ class Rollouts:
             )
         if not plan.rolling and rec.state != "complete" and rec.state != "failed":
             self._complete()
+
+    def create_failed(self, exc: Exception) -> None:
+        """A create of the target revision failed: a template the tier rejects fails the rollout at
+        once; other failures (quota, a host down) fail it once they have lasted `healthy_deadline`."""
+        ctx, rec = self.ctx, self.rec
+        if rec.state not in ACTIVE:
+            return
+        now = ctx.clock.now()
+        if self._create_failing_since is None:
+            self._create_failing_since = now
+        permanent = isinstance(exc, TemplateError)
+        if permanent or now - self._create_failing_since > ctx.s.rollout.healthy_deadline:
+            self._create_failing_since = None
+            self.fail(f"cannot create replicas of {rec.target}: {exc}")
+
+    def created(self) -> None:
+        self._create_failing_since = None
 
     def replica_lost(self, r: Replica, why: str) -> None:
         """A replica of the target revision exited or was condemned before it proved itself."""

@@ -1,0 +1,63 @@
+"""Rolling out a new version on the process tier: under load, killed midway, a bad version, load rising."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helpers.e2e import process_group_config, work_url, workload_processes
+from helpers.rollouts import Case, bad_rollout_rolls_back, good_rollout_killed_midway, load_doubles_midway
+from tierscale.controller.down import down
+
+pytestmark = pytest.mark.e2e
+
+ROLLOUT = "    rollout: {max_surge: 1, max_unavailable: 0, min_healthy_time: 1s}\n"
+METRIC = "[{type: requests_per_replica, target: 5}]"
+
+
+def _case(tmp_path: Path, change: str, n: int = 4, max_: int = 4, **knobs: object) -> Case:
+    cfg, path = process_group_config(
+        tmp_path / "state", min_=n, max_=max_, metrics=METRIC, extra=ROLLOUT, **knobs
+    )
+    text = Path(path).read_text()
+    template = text.split("template: ", 1)[1].split("\n", 1)[0]
+    assert template.endswith("cpus: 0.25}"), template
+    new = text.replace(template, template[:-1] + change + "}")
+    return Case(path, new, work_url(cfg, 2), replicas=n)
+
+
+def _cleanup(case: Case) -> None:
+    down(case.cfg)
+    lo, hi = case.cfg.groups[0].template.port_range
+    assert workload_processes((lo, hi)) == []
+
+
+def test_good_rollout_under_load_survives_a_sigkill_and_fails_nothing(tmp_path: Path) -> None:
+    case = _case(tmp_path, ", env: {RELEASE: '2'}")
+    try:
+        good_rollout_killed_midway(case, rate=20, timeout=60)
+    finally:
+        _cleanup(case)
+
+
+def test_a_version_that_never_turns_healthy_is_rolled_back_without_a_failed_request(tmp_path: Path) -> None:
+    case = _case(tmp_path, "", startup_grace="4s")
+    # Same placeholders, but the process never listens: it never passes a health check.
+    case.new_text = case.new_text.replace(
+        '["python3", "-m", "tierscale.workload", "--port", "{port}"]',
+        '["python3", "-c", "import time, sys; time.sleep(3600)", "{port}"]',
+    )
+    try:
+        bad_rollout_rolls_back(case, rate=20, timeout=60)
+    finally:
+        _cleanup(case)
+
+
+def test_load_doubling_mid_rollout_scales_out_on_the_new_revision(tmp_path: Path) -> None:
+    case = _case(tmp_path, ", env: {RELEASE: '2'}", n=2, max_=6)
+    try:
+        desired = load_doubles_midway(case, base=10, timeout=60)
+        assert max(desired) >= 4, desired
+    finally:
+        _cleanup(case)
