@@ -73,8 +73,10 @@ async def serve(
 
 async def reload(controller: Controller, path: str) -> bool:
     """SIGHUP: re-read the file `run` was started with and apply it; a bad file changes nothing."""
+    from tierscale.balancer.base import BalancerError
     from tierscale.config.loader import ConfigError, load_config
     from tierscale.controller.live_config import ApplyError
+    from tierscale.providers.base import ProviderError
 
     try:
         config = await asyncio.to_thread(load_config, path)
@@ -83,7 +85,7 @@ async def reload(controller: Controller, path: str) -> bool:
         more = f" (and {len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""
         log.error("SIGHUP: %s not applied, the running config stays: %s%s", path, exc.problems[0], more)
         return False
-    except (ApplyError, ControllerError) as exc:
+    except (ApplyError, ControllerError, ProviderError, BalancerError) as exc:
         log.error("SIGHUP: %s not applied, the running config stays: %s", path, exc)
         return False
     log.info("SIGHUP: %s applied: %s", path, change.summary() if not change.empty else "no change")

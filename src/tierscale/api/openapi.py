@@ -206,7 +206,7 @@ APPLY = {
         "403": _error("No token configured on the controller: changes through the API are disabled."),
         "409": _error(
             "Valid, but this controller cannot take it (another controller owns a group, "
-            "state_dir or api changed, a group changed tier)."
+            "state_dir or api changed, a group changed tier, a new group's tier cannot be reached)."
         ),
         "413": _error("Body larger than 64 KiB."),
     },

@@ -21,10 +21,12 @@ from tierscale.api.errors import ApiError
 from tierscale.api.openapi import openapi_document
 from tierscale.api.series import WINDOW, GroupSeries
 from tierscale.api.static import Asset, load_assets
+from tierscale.balancer.base import BalancerError
 from tierscale.config.loader import ConfigError, load_config_text
 from tierscale.controller.live_config import ApplyError
 from tierscale.controller.locks import ControllerError
 from tierscale.controller.rollout import RolloutError
+from tierscale.providers.base import ProviderError
 from tierscale.views import parse_since
 
 if TYPE_CHECKING:
@@ -277,6 +279,7 @@ class Routes:
             raise ApiError(400, f"{first}{more}", first.field or "body") from None
         try:
             change = await self.controller.apply(config)
-        except (ApplyError, ControllerError) as exc:
+        except (ApplyError, ControllerError, ProviderError, BalancerError) as exc:
+            # ProviderError: a new group's tier cannot be built (a cloud not in clouds.yaml, ...).
             raise ApiError(409, str(exc), "config") from None
         return _json({"applied": True, **change.summary()})

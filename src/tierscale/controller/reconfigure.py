@@ -7,12 +7,13 @@ a config that cannot be applied has changed nothing.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
 
-from tierscale.balancer.base import Balancer
+from tierscale.balancer.base import Balancer, BalancerError
 from tierscale.config.settings import GroupSettings
 from tierscale.controller.group import GroupController
-from tierscale.controller.prober import ConsoleProber, HttpProber
+from tierscale.controller.prober import ConsoleProber, HttpProber, Prober
 from tierscale.metrics.registry import SourceDeps, make_sources
 from tierscale.providers.base import Provider
 
@@ -24,6 +25,7 @@ class NewParts:
     settings: GroupSettings
     provider: Provider | None  # None: the template did not change
     balancer: Balancer | object | None = KEEP  # KEEP, or the new balancer (None: the group has none now)
+    prober: Prober | None = None  # from the controller's prober factory; None: built from the settings
 
 
 async def reconfigure(gc: GroupController, parts: NewParts) -> None:
@@ -47,7 +49,9 @@ async def reconfigure(gc: GroupController, parts: NewParts) -> None:
         new.unhealthy_after,
         new.startup_grace,
     )
-    if (new.health_type, new.health_path, new.health_timeout, new.console_marker) != (
+    if parts.prober is not None:
+        gc.health_rounds.prober = parts.prober
+    elif (new.health_type, new.health_path, new.health_timeout, new.console_marker) != (
         old.health_type,
         old.health_path,
         old.health_timeout,
@@ -74,4 +78,7 @@ async def _swap_balancer(gc: GroupController, balancer: Balancer | None) -> None
     gc.traffic_log = balancer.traffic_log() if balancer else None
     gc.observer.traffic_log = gc.traffic_log
     # The same prefix directory: a running nginx is adopted and reloaded onto its new listen address.
-    await gc.balancing.start()
+    # A failure is recorded (balancer_failed) by `start` and the next pass's sync tries again; raising
+    # here would leave the config half applied (the groups before this one reconfigured, the rest not).
+    with contextlib.suppress(BalancerError):
+        await gc.balancing.start()

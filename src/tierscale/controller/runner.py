@@ -113,6 +113,8 @@ class Controller:
         return ControllerHandle(self.groups, self.store, self.telemetry.registry, self)
 
     def _lock(self, name: str) -> None:
+        if name in self._locks:  # taken already (by `apply` before `run`): a second flock would refuse it
+            return
         stack = contextlib.ExitStack()
         stack.enter_context(group_lock(self.state_dir, name))
         self._locks[name] = stack
@@ -124,10 +126,11 @@ class Controller:
 
     def _lock_all(self) -> contextlib.ExitStack:
         locks = contextlib.ExitStack()
+        # Every lock held when it closes, the groups `apply` added meanwhile included.
+        locks.callback(lambda: [self._unlock(name) for name in list(self._locks)])
         try:
             for name in self.groups:
                 self._lock(name)
-                locks.callback(self._unlock, name)
         except BaseException:
             locks.close()
             raise
@@ -219,7 +222,11 @@ class Controller:
                 if provider is not None:
                     provider.close()
                 raise
-        return NewParts(settings_for(g), provider, balancer)
+        # A controller built with a prober factory (tests, benchmarks) keeps probing through it.
+        prober = None
+        if self.prober_factory is not None and "health" in keys:
+            prober = self.prober_factory(g, provider or gc.provider)
+        return NewParts(settings_for(g), provider, balancer, prober)
 
     async def _release(self, name: str) -> None:
         """A group the new config no longer names: its loop stops, its replicas and balancer stay."""
