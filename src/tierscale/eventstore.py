@@ -90,7 +90,6 @@ EVENT_KINDS = (
     "rollout_failed",
     "rollout_rollback",
     "config_applied",
-    "config_rejected",
     "group_unmanaged",
 )
 

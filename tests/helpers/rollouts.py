@@ -124,7 +124,7 @@ def good_rollout_killed_midway(case: Case, rate: float, timeout: float) -> LoadR
                 revs = revisions(sample())
                 return revs.get(new, 0) >= 1 and revs.get(old, 0) >= 1
 
-            wait_for(mixed, timeout, what="old and new replicas side by side")
+            _wait(case, mixed, timeout, "old and new replicas side by side")
             first.send_signal(signal.SIGKILL)
             first.wait(10)
             ctl.start()
@@ -165,11 +165,7 @@ def bad_rollout_rolls_back(case: Case, rate: float, timeout: float) -> LoadResul
                 ro = st.get("rollout") or {}
                 return ro.get("rejected") == bad and settled_on(st, old, case.replicas)
 
-            try:
-                wait_for(back, timeout * 2, interval=0.5, what="rolled back to the old revision")
-            except AssertionError as exc:
-                story = [f"{e.kind}: {e.message}" for e in events(Path(case.cfg.state_dir), case.group)]
-                raise AssertionError(f"{exc}; status {case.status()}; events {story[-25:]}") from None
+            _wait(case, back, timeout * 2, "rolled back to the old revision")
             time.sleep(1)
         result = runner.result(timeout=30)
         ro = case.status()["rollout"]
@@ -204,7 +200,7 @@ def load_doubles_midway(case: Case, base: float, timeout: float) -> list[int]:
                     desired.append(st["desired"])
                 return st.get("desired", 0) > case.replicas and settled_on(st, new, st["desired"])
 
-            wait_for(done, timeout * 3, interval=0.5, what="scaled out, every replica new")
+            _wait(case, done, timeout * 3, "scaled out, every replica new")
         result = runner.result(timeout=30)
     assert result.failed == 0, failed_message(result)
     # The policy's count, never inflated by surge: with max_surge 1 the group never held more than
@@ -212,3 +208,12 @@ def load_doubles_midway(case: Case, base: float, timeout: float) -> list[int]:
     top = max(desired)
     assert sample.peak <= top + 1, (sample.peak, desired)
     return desired
+
+
+def _wait(case: Case, pred: Callable[[], Any], timeout: float, what: str) -> None:
+    """wait_for, and on a timeout the group's status and its last events: what it was doing instead."""
+    try:
+        wait_for(pred, timeout, interval=0.5, what=what)
+    except AssertionError as exc:
+        story = [f"{e.kind}: {e.message}" for e in events(Path(case.cfg.state_dir), case.group)]
+        raise AssertionError(f"{exc}; status {case.status()}; events {story[-30:]}") from None

@@ -1,5 +1,6 @@
 // tierscale dashboard: polls the JSON API and draws every chart as plain SVG (no library, no CDN).
 // Text from the API (reasons, errors) is only ever set with textContent, never parsed as HTML.
+// The page is read-only (it holds no token): where a change is possible it shows the CLI command for it.
 "use strict";
 
 const POLL_MS = 2000;
@@ -17,6 +18,16 @@ const METRIC_TITLE = {
   latency_p95_ms: "Latency p95 (per replica)",
   prometheus: "Prometheus query per replica",
 };
+
+// What each rollout state lets the user do, as `tierscale rollout ACTION GROUP` (see rolloutCommands).
+const ROLLOUT_ACTIONS = {
+  progressing: [["pause", "stop replacing replicas"], ["undo", "return to the previous revision"]],
+  rolling_back: [["pause", "stop replacing replicas"]],
+  awaiting_promotion: [["promote", "the canaries are healthy: go on"], ["undo", "drop the canaries"]],
+  paused: [["resume", "go on"], ["undo", "return to the previous revision"]],
+  failed: [["resume", "retry the rollout"], ["undo", "return to the previous revision"]],
+};
+const DEFAULT_API = "http://127.0.0.1:9900";
 
 let polls = 0;
 const views = new Map(); // group name -> {root, parts...}
@@ -165,22 +176,97 @@ function makeView(name) {
   const [kq, bq] = kpi("req/s"), [kp, bp] = kpi("p95 ms");
   v.kpi = { desired: bd, current: bc, ready: br, rps: bq, p95: bp };
   v.why = h("div", { class: "why" }, "waiting for the first decision…");
+  v.rollout = makeRolloutStrip();
   v.charts = h("div", { class: "charts" });
   v.figs = { replicas: figure("replicas"), traffic: figure("traffic"), latency: figure("latency"), provision: figure("provision") };
   v.metricFigs = new Map();
   v.tbody = h("tbody");
   const table = h("table", { class: "replicas" },
-    h("thead", {}, h("tr", {}, ...["replica", "address", "state", "health", "cpu %", "req/s", "p95 ms", "age"].map(
-      (c, i) => h("th", { class: i >= 4 ? "num" : "" }, c)))),
+    h("thead", {}, h("tr", {}, ...["replica", "address", "revision", "state", "health", "cpu %", "req/s", "p95 ms", "age"].map(
+      (c, i) => h("th", { class: i >= 5 ? "num" : "" }, c)))),
     v.tbody);
   v.timeline = h("ol", { class: "timeline" });
   v.root = h("section", { class: "group", "data-group": name },
     h("div", { class: "ghead" }, v.title, v.chips, h("div", { class: "kpis" }, kd, kc, kr, kq, kp)),
-    v.why, v.charts,
+    v.why, v.rollout.root, v.charts,
     h("div", { class: "bottom" },
       h("div", {}, h("h3", {}, "Replicas"), table),
       h("div", {}, h("h3", {}, "Decisions and events"), v.timeline)));
   return v;
+}
+
+function makeRolloutStrip() {
+  const r = {};
+  r.state = h("span", { class: "rstate" });
+  r.revs = h("span", { class: "revs" });
+  r.counts = h("span", { class: "rcounts" });
+  r.bar = h("div", { class: "rbar" });
+  r.legend = h("div", { class: "rlegend" });
+  r.reason = h("div", { class: "rreason" });
+  r.cmds = h("div", { class: "rcmds" });
+  r.root = h("div", { class: "rollout", hidden: "" },
+    h("div", { class: "rhead" }, h("b", {}, "Rollout"), r.state, r.revs, r.counts), r.bar, r.legend, r.reason, r.cmds);
+  return r;
+}
+
+// Shown while a rollout is under way, or while replicas of several revisions serve side by side.
+function rolloutShown(ro) {
+  return !!ro && (ro.state !== "complete" || Object.keys(ro.replicas || {}).length > 1);
+}
+
+function cliSuffix() {
+  // The CLI's default address is 127.0.0.1:9900; a dashboard served elsewhere names its own.
+  const origin = window.location.origin;
+  return origin === DEFAULT_API || origin === "http://localhost:9900" ? "" : ` --api ${origin}`;
+}
+
+function rolloutCommands(group, ro) {
+  const out = [];
+  for (const [action, what] of ROLLOUT_ACTIONS[ro.state] || []) {
+    if (action === "undo" && !ro.previous) continue;
+    out.push([`tierscale rollout ${action} ${group}${cliSuffix()}`, what]);
+  }
+  out.push([`tierscale rollout status ${group}${cliSuffix()}`, "follow it"]);
+  return out;
+}
+
+function renderRollout(r, st) {
+  const ro = st.rollout;
+  const shown = rolloutShown(ro);
+  r.root.hidden = !shown;
+  r.root.setAttribute("data-state", shown ? ro.state : "");
+  if (!shown) return;
+  r.root.setAttribute("data-target", ro.target);
+  r.state.className = `rstate ${ro.state}`;
+  r.state.textContent = ro.state.replace("_", " ");
+  r.revs.replaceChildren(h("code", { class: "rv new" }, ro.target), " ← ", h("code", { class: "rv old" }, ro.previous || "unknown"));
+  r.revs.title = `new replicas are made from ${ro.target}; ${ro.previous ? `${ro.previous} was the last revision fully rolled out` : "no earlier revision is known"}`;
+  if (ro.declared !== ro.target) r.revs.append(h("span", { class: "muted" }, ` (config: ${ro.declared}${ro.rejected === ro.declared ? ", rejected" : ""})`));
+  const desired = st.desired ?? "–";
+  const parts = [`${ro.updated}/${desired} updated`, `${ro.healthy} healthy`, `surge +${ro.max_surge}`, `unavailable ${ro.max_unavailable}`];
+  if (ro.canary > 0) parts.push(`canary ${ro.canary}${ro.promoted ? " (promoted)" : ""}`);
+  if (ro.started_at) parts.push(`since ${clock(ro.started_at)}`);
+  r.counts.textContent = parts.join(" · ");
+  // One segment per revision, as wide as its share of the replicas: the target first, then the others.
+  const revs = Object.entries(ro.replicas || {}).sort((a, b) => (b[0] === ro.target) - (a[0] === ro.target) || b[1] - a[1]);
+  const total = revs.reduce((n, [, c]) => n + c, 0);
+  r.bar.replaceChildren(...revs.map(([rev, n]) => {
+    const kind = rev === ro.target ? "new" : rev === ro.rejected ? "rejected" : "old";
+    const seg = h("span", { class: `seg ${kind}`, "data-revision": rev, "data-count": String(n), title: `${rev}: ${n} replica(s)` }, String(n));
+    seg.style.flexGrow = String(n);
+    return seg;
+  }));
+  if (!total) r.bar.append(h("span", { class: "seg none" }, "no replicas"));
+  r.legend.replaceChildren(...revs.map(([rev, n]) => {
+    const kind = rev === ro.target ? "new" : rev === ro.rejected ? "rejected" : "old";
+    const label = kind === "new" ? "target" : kind === "rejected" ? "rejected" : rev === ro.previous ? "previous" : "old";
+    return h("span", {}, h("span", { class: `sw ${kind}` }), `${rev} ${label} × ${n}`);
+  }));
+  r.reason.textContent = ro.reason ? `Reason: ${ro.reason}` : "";
+  r.reason.hidden = !ro.reason;
+  const cmds = rolloutCommands(st.group, ro);
+  r.cmds.replaceChildren(h("span", { class: "muted" }, "From a shell with the API token:"),
+    ...cmds.map(([cmd, what]) => h("span", { class: "cmd" }, h("code", {}, cmd), h("span", { class: "muted" }, ` ${what}`))));
 }
 
 function metricFig(v, name) {
@@ -194,9 +280,10 @@ function layoutCharts(v, metricNames) {
 }
 
 function kindClass(kind) {
-  if (/fail|error|unhealthy|replaced/.test(kind)) return "kind bad";
-  if (/ready|created|adopted/.test(kind)) return "kind good";
-  if (/drain|deleted/.test(kind)) return "kind leave";
+  if (/fail|error|unhealthy|replaced|rollback|mismatch/.test(kind)) return "kind bad";
+  if (/ready|created|adopted|rollout_complete/.test(kind)) return "kind good";
+  if (/drain|deleted|unmanaged/.test(kind)) return "kind leave";
+  if (/^rollout_|^config_/.test(kind)) return "kind roll";
   if (kind === "manual") return "kind manual";
   return "kind";
 }
@@ -209,6 +296,13 @@ function renderGroup(v, st, series, events) {
   if (st.paused) v.chips.append(h("span", { class: "chip paused" }, st.manual_replicas !== null ? `PAUSED at ${st.manual_replicas}` : "PAUSED"));
   if (st.dry_run) v.chips.append(h("span", { class: "chip" }, "dry run"));
   if (st.provider_ok === false) v.chips.append(h("span", { class: "chip err" }, `provider error: ${st.last_error}`));
+  if (st.revision) v.chips.append(h("span", { class: "chip", title: "template revision new replicas are made from" }, `rev ${st.revision}`));
+  const ro = st.rollout;
+  if (ro && ro.state === "complete" && ro.rejected && ro.rejected === ro.declared && ro.declared !== ro.target) {
+    v.chips.append(h("span", {
+      class: "chip paused", title: `the config's revision was rolled back; \`tierscale rollout resume ${st.group}\` retries it`,
+    }, `rolled back from ${ro.declared}`));
+  }
   v.kpi.desired.textContent = st.desired ?? "–";
   v.kpi.current.textContent = st.current;
   v.kpi.ready.textContent = st.ready;
@@ -246,16 +340,26 @@ function renderGroup(v, st, series, events) {
   drawChart(v.figs.provision, now, [
     { label: "latest", color: C.green, xs: prov.map((p) => p.t), ys: prov.map((p) => p.seconds), dots: true, unit: " s" },
   ], { title: "Provision time (create → healthy)", empty: "no replica provisioned in 15 min" });
-  // replica table
+  renderRollout(v.rollout, st);
+  // replica table; a replica not on the revision new ones are made from is marked "old"
+  const target = (st.rollout && st.rollout.target) || st.revision;
   v.tbody.replaceChildren(...st.replicas.map((r) => {
     const bar = h("span", { class: "cpubar" }, h("i"));
     bar.firstChild.style.width = `${Math.min(100, r.cpu || 0)}%`;
+    const off = !!target && r.revision !== target;
+    const rev = h("td", { class: off ? "rev off" : "rev", "data-revision": r.revision }, h("code", {}, r.revision || "unmarked"));
+    if (off) {
+      rev.append(h("span", { class: "tag" }, "old"));
+      rev.title = `not the target revision ${target}`;
+    }
+    const addr = h("td", {}, r.address || "–");
+    if (r.host) addr.title = `on ${r.host}`;
     return h("tr", { "data-replica": r.id },
-      h("td", {}, r.id), h("td", {}, r.address || "–"), h("td", { class: `state ${r.state}` }, r.state),
+      h("td", {}, r.id), addr, rev, h("td", { class: `state ${r.state}` }, r.state),
       h("td", {}, r.health), h("td", { class: "num" }, bar, fmt(r.cpu, 2)), h("td", { class: "num" }, fmt(r.rps)),
       h("td", { class: "num" }, fmt(r.p95_ms)), h("td", { class: "num" }, `${Math.round(r.age)}s`));
   }));
-  if (!st.replicas.length) v.tbody.append(h("tr", {}, h("td", { colspan: 8, class: "muted" }, "no replicas")));
+  if (!st.replicas.length) v.tbody.append(h("tr", {}, h("td", { colspan: 9, class: "muted" }, "no replicas")));
   // timeline, newest first; a count change shows once, as its decision (the "scaled" event repeats it)
   const rows = events.filter((e) => e.kind !== "scaled").reverse().slice(0, 80).map((e) => {
     const kind = e.type === "decision" ? "decision" : e.kind;
