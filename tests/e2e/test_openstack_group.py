@@ -7,6 +7,7 @@ end-to-end traffic test of this tier is out of reach on this cloud.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import threading
@@ -348,3 +349,64 @@ def test_bad_image_wrong_credentials_and_quota_are_events_not_crashes(
         assert nova_replicas(cloud, quota, all_projects=True) == {}
     finally:
         gen.close()
+
+
+def _apply(bg: BackgroundController, cfg: Any) -> Any:
+    assert bg.loop is not None and bg.controller is not None
+    return asyncio.run_coroutine_threadsafe(bg.controller.apply(cfg), bg.loop).result(60)
+
+
+def test_rollout_to_a_new_flavor_then_one_no_host_takes_is_rolled_back(
+    cloud: CloudUnderTest, tmp_path: Path
+) -> None:
+    """A new flavor rolls every server over (Nova's metadata and flavor say so); a flavor no host can
+    take fails the rollout and the group returns to the one before, the servers it had untouched."""
+    name = cloud.group_name("rollout")
+    state_dir = tmp_path / "state"
+    knobs = "    rollout: {max_surge: 1, min_healthy_time: 1s, healthy_deadline: 30s}\n"
+    cfg, path = write_config(cloud, state_dir, name, min_=2, max_=2, extra=knobs)
+    text = path.read_text()
+    new_flavor = cloud.guest_flavor
+    assert new_flavor != cloud.flavor, "the test cloud needs two flavors"
+    gen = huge_flavor(cloud)
+    no_host = next(gen)
+    good = load_config_text(text.replace(f"flavor: {cloud.flavor}", f"flavor: {new_flavor}"), str(path))
+    bad = load_config_text(text.replace(f"flavor: {cloud.flavor}", f"flavor: {no_host}"), str(path))
+    try:
+        with BackgroundController(cfg) as bg:
+            wait_for(lambda: len(ready_ids(bg, name)) == 2, 90, what="two servers ready")
+            change = _apply(bg, good)
+            assert change.new_revision == (name,)
+            target = bg.status(name)["rollout"]["target"]
+
+            def on(revision: str) -> bool:
+                st = bg.status(name)
+                return (
+                    st["rollout"]["state"] == "complete"
+                    and len(st["replicas"]) == 2
+                    and all(r["revision"] == revision and r["state"] == "ready" for r in st["replicas"])
+                )
+
+            wait_for(lambda: on(target), 120, what="every server on the new flavor")
+            servers = nova_replicas(cloud, name)
+            assert {s.metadata["tierscale_revision"] for s in servers.values()} == {target}
+            flavor = cloud.conn.compute.find_flavor(new_flavor, ignore_missing=False)
+            assert {s.flavor.get("original_name") or s.flavor.get("id") for s in servers.values()} <= {
+                flavor.name,
+                flavor.id,
+            }
+            before = set(servers)
+            _apply(bg, bad)
+            wait_for(
+                lambda: bg.status(name)["rollout"].get("rejected") not in (None, target) and on(target),
+                120,
+                what="rolled back to the good flavor",
+            )
+            assert set(nova_replicas(cloud, name)) == before  # the good servers were never replaced
+        kinds = [e.kind for e in events(state_dir, name)]
+        assert kinds.count("rollout_complete") == 2 and "rollout_rollback" in kinds, kinds
+    finally:
+        down(cfg)
+        cloud.cleanup_group(name)
+        gen.close()
+    assert nova_replicas(cloud, name) == {}
