@@ -3,6 +3,7 @@ load rising. TCG guests on 2 cores: 4 replicas, cheap requests."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -11,10 +12,19 @@ from typing import Any
 
 import pytest
 
-from helpers.e2e import nginx_processes, work_url
+from helpers.e2e import nginx_processes, wait_for, work_url
 from helpers.libvirt import group_domains, vm_group_config, vm_template, wait_gone
-from helpers.rollouts import Case, bad_rollout_rolls_back, good_rollout_killed_midway, load_doubles_midway
+from helpers.rollouts import (
+    Case,
+    bad_rollout_rolls_back,
+    good_rollout_killed_midway,
+    load_doubles_midway,
+    settled_on,
+)
+from tierscale.config import load_config_text
 from tierscale.controller.down import down
+from tierscale.providers import make_provider
+from tierscale.service import BackgroundController
 
 pytestmark = pytest.mark.e2e
 
@@ -33,7 +43,7 @@ def _case(
     **knobs: Any,
 ) -> Case:
     cfg, path = vm_group_config(
-        tmp_path / "state", group, template, min_=n, max_=max_, metrics=METRIC, extra=ROLLOUT, **knobs
+        tmp_path / "state", group, template, min_=n, max_=max_, metrics=METRIC, **({"extra": ROLLOUT} | knobs)
     )
     new = Path(path).read_text().replace(f"template: {template}", f"template: {new_template}")
     assert new != Path(path).read_text()
@@ -91,4 +101,37 @@ def test_libvirt_load_doubling_mid_rollout_scales_out_on_the_new_revision(
         desired = load_doubles_midway(case, base=6, timeout=120)
         assert max(desired) >= 3, desired
     finally:
+        _cleanup(case, libvirtd)
+
+
+def test_libvirt_warm_pool_refills_with_the_new_revision(
+    tmp_path: Path, vm_group: str, vm_image: dict[str, Path], libvirtd: Any, new_kernel: dict[str, Path]
+) -> None:
+    """After a rollout the paused VMs waiting in the pool are of the new revision: a scale-out never
+    resumes an old-version VM."""
+    pool = "    warm_pool: {size: 1}\n"
+    old, new = vm_template(vm_image), vm_template(new_kernel)
+    case = _case(tmp_path, vm_group, vm_image, new, old, n=1, max_=2, extra=pool + ROLLOUT)
+    provider = make_provider(case.cfg.groups[0], Path(case.cfg.state_dir))
+
+    def pool_revisions() -> list[str]:
+        return sorted(e.owner.revision for e in provider.scan() if e.owner.role == "pool")
+
+    try:
+        with BackgroundController(case.cfg) as bg:
+            wait_for(lambda: bg.status(vm_group)["ready"] == 1, 90, what="first VM ready")
+            first = wait_for(pool_revisions, 90, interval=0.5, what="a VM in the warm pool")
+            assert first == [bg.status(vm_group)["revision"]]
+            new_cfg = load_config_text(case.new_text, case.path)
+            assert bg.loop is not None and bg.controller is not None
+            asyncio.run_coroutine_threadsafe(bg.controller.apply(new_cfg), bg.loop).result(60)
+            target = case.new_revision
+            wait_for(
+                lambda: settled_on(bg.status(vm_group), target, 1) and pool_revisions() == [target],
+                180,
+                interval=0.5,
+                what="the replica and the pool on the new revision",
+            )
+    finally:
+        provider.close()
         _cleanup(case, libvirtd)

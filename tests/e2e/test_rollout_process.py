@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
 
-from helpers.e2e import process_group_config, work_url, workload_processes
-from helpers.rollouts import Case, bad_rollout_rolls_back, good_rollout_killed_midway, load_doubles_midway
+from helpers.e2e import (
+    CliControllers,
+    events,
+    process_group_config,
+    wait_for,
+    wait_passes,
+    work_url,
+    workload_processes,
+)
+from helpers.rollouts import (
+    Case,
+    api_token,
+    bad_rollout_rolls_back,
+    good_rollout_killed_midway,
+    load_doubles_midway,
+)
 from tierscale.controller.down import down
 
 pytestmark = pytest.mark.e2e
@@ -59,5 +74,31 @@ def test_load_doubling_mid_rollout_scales_out_on_the_new_revision(tmp_path: Path
     try:
         desired = load_doubles_midway(case, base=10, timeout=60)
         assert max(desired) >= 4, desired
+    finally:
+        _cleanup(case)
+
+
+def test_sighup_rereads_the_file_and_a_bad_file_changes_nothing(tmp_path: Path) -> None:
+    """The first thing a new user tried: `kill -HUP` on `tierscale run`. It must reload, never kill."""
+    case = _case(tmp_path, "", n=1, max_=3)
+    path = Path(case.path)
+    text = path.read_text()
+    try:
+        with api_token(), CliControllers(case.path, stop_timeout=60) as ctl:
+            proc = ctl.start()
+            wait_for(lambda: case.status().get("ready") == 1, 60, what="one ready")
+            path.write_text(text.replace("    min: 1\n", "    min: 2\n"))
+            proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: case.status().get("ready") == 2, 60, what="min 2 applied by SIGHUP")
+            assert case.status()["min"] == 2
+            ids = {r["id"] for r in case.status()["replicas"]}
+            path.write_text(text.replace("    min: 1\n", "    min: many\n"))
+            proc.send_signal(signal.SIGHUP)
+            wait_passes(Path(case.cfg.state_dir), case.group, 3)
+            assert proc.poll() is None, "SIGHUP with a bad file ended the controller"
+            st = case.status()
+            assert st["min"] == 2 and {r["id"] for r in st["replicas"]} == ids  # the last good config
+            applied = events(Path(case.cfg.state_dir), case.group, "config_applied")
+            assert len(applied) == 1 and "min" in applied[0].message, [e.message for e in applied]
     finally:
         _cleanup(case)
