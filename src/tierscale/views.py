@@ -150,6 +150,22 @@ def render_status_table(statuses: list[dict[str, Any]]) -> Group:
         if not st.get("provider_ok", True):
             head.append(f"  provider error: {st.get('last_error')}", style="red")
         parts.append(head)
+        ro = st.get("rollout") or {}
+        if ro and ro.get("state") != "complete":
+            line = Text("  rollout ", style="bold")
+            line.append(f"{ro['state']}", style="red" if ro["state"] == "failed" else "yellow")
+            line.append(f"  {ro.get('previous') or '?'} → {ro['target']}")
+            line.append(f"  updated {ro.get('updated', 0)}, healthy {ro.get('healthy', 0)}")
+            if ro.get("reason"):
+                line.append(f"  ({ro['reason']})", style="dim")
+            parts.append(line)
+        elif ro.get("rejected") and ro.get("declared") == ro.get("rejected"):
+            parts.append(
+                Text(
+                    f"  rolled back from {ro['rejected']}: `tierscale rollout resume` retries it",
+                    style="yellow",
+                )
+            )
         d = st.get("last_decision")
         for p in (d or {}).get("proposals") or []:
             parts.append(Text("  ").append_text(_metric_text(p, d["current"] if d else 1)))

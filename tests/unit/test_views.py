@@ -58,3 +58,21 @@ def test_a_status_written_before_revisions_still_renders() -> None:
         del r["revision"], r["host"]
     text = render(st)
     assert "r-0" in text and "revision=" not in text
+
+
+def test_a_rollout_in_progress_has_its_own_line_and_a_finished_one_none() -> None:
+    st = status(["abc123def456", "0ld0ld0ld0ld"])
+    st["rollout"] = {
+        "state": "progressing",
+        "target": "abc123def456",
+        "previous": "0ld0ld0ld0ld",
+        "updated": 1,
+        "healthy": 1,
+        "reason": "the template changed",
+    }
+    text = render(st)
+    assert "rollout progressing  0ld0ld0ld0ld → abc123def456  updated 1, healthy 1" in text
+    st["rollout"] = {**st["rollout"], "state": "complete"}  # type: ignore[dict-item]
+    assert "rollout " not in render(st)
+    st["rollout"] = {"state": "complete", "target": "0ld0ld0ld0ld", "declared": "bad", "rejected": "bad"}
+    assert "rolled back from bad" in render(st)
