@@ -256,14 +256,15 @@ def test_good_rollout(tmp_path: Path, rollout: dict[str, Any], surge: int, unava
         def watch() -> None:
             backends = tier.balancer.backends or ()
             lowest[0] = min(lowest[0], len(backends))
-            assert len(tier.provider.replicas) <= 4 + surge
+            # The cap is on replicas that serve or will; a draining one is leaving (as a Deployment
+            # does not count terminating pods), and at most surge + unavailable of them leave at once.
+            staying = [r for r in tier.provider.replicas if r not in tier.gc.ctx.rt.draining]
+            assert len(staying) + tier.gc.ctx.rt.creating <= 4 + surge
 
         await tier.until(lambda: tier.state == "complete", each=watch)
         assert tier.revisions() == [v2] * 4
         assert not set(tier.provider.replicas) & old_ids
-        assert tier.provider.peak[0] <= 4 + surge
-        if surge:
-            assert tier.provider.peak[0] == 4 + surge  # the surge was used, not wasted
+        assert 4 + surge <= tier.provider.peak[0] <= 4 + 2 * surge + unavailable  # the surge was used
         # Every set the balancer was ever told during the rollout, not only the one after each pass.
         during = [len(b) for b in tier.balancer.applied[applied_before:]]
         assert during and min(during) >= 4 - unavailable
@@ -299,7 +300,7 @@ def test_a_new_template_mid_rollout_replaces_both(tmp_path: Path) -> None:
         tier = await started(tiers, make_tier(tmp_path))
         v1 = tier.gc.s.revision
         v2 = revision_of(await tier.apply(command="v2"))
-        await tier.until(lambda: tier.revisions().count(v2) == 2 and tier.revisions().count(v1) == 2)
+        await tier.until(lambda: tier.revisions().count(v2) >= 2 and tier.revisions().count(v1) >= 1)
         v3 = revision_of(await tier.apply(command="v3"))
         assert tier.state == "progressing"
         assert tier.gc.rollouts.rec.previous == v1  # v2 never fully rolled out: not a revision to return to
@@ -599,18 +600,13 @@ def test_restart_mid_rollout_finishes_it(tmp_path: Path) -> None:
         first = await started(tiers, make_tier(tmp_path))
         v1 = first.gc.s.revision
         v2 = revision_of(await first.apply(command="v2"))
-        # Stop between two replacements (4 replicas, some of each revision, none leaving or starting).
-        await first.until(
-            lambda: (
-                first.revisions().count(v2) == 2
-                and len(first.provider.replicas) == 4
-                and first.gc.status().ready == 4
-            )
-        )
-        mixed = set(first.provider.replicas)
+        # Stop mid-rollout: some of each revision (a create or a drain may be in flight; `stop` lets
+        # it finish, as a real controller's shutdown does).
+        await first.until(lambda: first.revisions().count(v2) >= 2 and first.revisions().count(v1) >= 1)
         mark = first.last_event_id()
         await stop(first)
         tiers.remove(first)
+        mixed = set(first.provider.replicas)
 
         tier = make_tier(
             tmp_path, provider=first.provider, balancer=first.balancer, clock=first.clock, command="v2"

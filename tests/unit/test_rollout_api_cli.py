@@ -714,6 +714,13 @@ def test_cli_apply_without_the_token_is_exit_2(running: Running, monkeypatch: py
 
 
 def test_cli_rollout_status_and_actions(running: Running) -> None:
+    gc = running.controller.groups["web"]
+    # Replicas to roll (a group without any completes a rollout at once); the clock stands still, so
+    # a new replica never finishes its min_healthy_time and the rollout stays in progress.
+    running.wait(lambda: len(gc.ctx.rt.replicas) >= 1, "a replica")
+    assert running.bg.loop is not None
+    asyncio.run_coroutine_threadsafe(gc.health_rounds.probe_all(), running.bg.loop).result(10)
+    running.wait(lambda: gc.status().ready >= 1, "a ready replica")
     out = cli("rollout", "status", "web", "--json", "--api", running.base)
     assert out.exit_code == 0, out.stderr
     view = json.loads(out.stdout)

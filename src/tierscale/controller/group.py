@@ -144,6 +144,7 @@ class GroupController:
         try:
             while not stop.is_set():
                 started = ctx.clock.now()
+                ctx.wake.clear()  # before the pass: a wake-up set during it must not be lost
                 try:
                     await self.reconcile()
                 except Exception as exc:  # one bad pass must not end the loop; it is recorded
@@ -151,7 +152,6 @@ class GroupController:
                     ctx.event("provider_error", f"reconcile failed: {exc}", error=str(exc))
                 elapsed = ctx.clock.now() - started
                 ctx.tm.reconcile_seconds.labels(ctx.s.name).observe(elapsed)
-                ctx.wake.clear()
                 wait = ctx.s.sync_period - elapsed
                 due = self.rollouts.next_due(ctx.clock.now())
                 if due is not None:  # a new replica finishes its min_healthy_time: act on it then

@@ -143,3 +143,4 @@ class Reconciler:
             )
         finally:
             rt.draining.discard(replica.id)
+            ctx.wake.set()  # a slot is free (a rollout's next replica, a replacement): act on it now

@@ -69,8 +69,6 @@ def plan(inp: RolloutInput) -> RolloutPlan:
     if inp.canary:
         return _canary(inp, old, new, total, floor)
 
-    cap = d + inp.surge
-    create = max(floor, min(max(0, d - len(new) - inp.creating), cap - total))
     available = sum(m.ready for m in old) + sum(m.healthy for m in new)
     budget = available - (d - inp.unavailable)
     remove: list[str] = []
@@ -80,10 +78,17 @@ def plan(inp: RolloutInput) -> RolloutPlan:
         elif budget > 0:
             remove.append(m.id)
             budget -= 1
+    # What is removed now is leaving (as a Deployment ignores terminating pods): its surge slot is free
+    # for the next new replica in this same pass, instead of one pass later.
+    old_left = len(old) - len(remove)
+    total -= len(remove)
+    floor = max(0, d - total)
+    cap = d + inp.surge
+    create = max(floor, min(max(0, d - len(new) - inp.creating), cap - total))
     extra_new = len(new) - d  # a scale-in below what is already new
     if extra_new > 0:
         remove.extend(m.id for m in new[:extra_new])
-    return RolloutPlan(create, tuple(remove), True)
+    return RolloutPlan(create, tuple(remove), old_left > 0)
 
 
 def _canary(inp: RolloutInput, old: list[Member], new: list[Member], total: int, floor: int) -> RolloutPlan:
