@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from helpers.fake_config import GROUP, fake_group_config
 from tierscale.balancer.fake import FakeBalancer
-from tierscale.config import load_config_text
 from tierscale.config.revision import template_revision
 from tierscale.config.settings import settings_for
 from tierscale.controller.clock import ManualClock
@@ -36,7 +36,6 @@ from tierscale.providers.base import (
 )
 from tierscale.providers.fake import FakeProber, FakeProvider
 
-GROUP = "web"
 GATE_TIMEOUT = 5.0  # real seconds a gated fake waits at most (a broken test fails instead of hanging)
 
 
@@ -50,25 +49,13 @@ def group_config(
     unhealthy_after: int = 3,
     startup_grace: float = 60.0,
 ) -> Any:
-    return load_config_text(
-        f"""
-state_dir: {state_dir}
-groups:
-  - name: {GROUP}
-    tier: process
-    min: {min_}
-    max: {max_}
-    sync_period: 1s
-    scale_in_order: {order}
-    drain_timeout: 1s
-    health:
-      interval: 1s
-      healthy_after: 1
-      unhealthy_after: {unhealthy_after}
-      startup_grace: {startup_grace}s
-    metrics: [{{type: cpu, target: 50}}]
-    template: {{command: ["true"]}}
-"""
+    return fake_group_config(
+        state_dir,
+        min_=min_,
+        max_=max_,
+        order=order,
+        unhealthy_after=unhealthy_after,
+        startup_grace=startup_grace,
     )
 
 

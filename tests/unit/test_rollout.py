@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from helpers.fake_config import GROUP, fake_group_config
 from tierscale.balancer.fake import FakeBalancer
-from tierscale.config import load_config_text
 from tierscale.config.revision import template_revision
 from tierscale.controller.clock import ManualClock
 from tierscale.controller.group import GroupController
@@ -27,7 +27,6 @@ from tierscale.eventstore import Event
 from tierscale.providers.base import Replica
 from tierscale.providers.fake import FakeProber, FakeProvider
 
-GROUP = "web"
 FAST = {"min_healthy_time": "2s", "healthy_deadline": "30s"}  # a rollout in a dozen passes of manual time
 
 
@@ -44,25 +43,14 @@ def group_config(
 ) -> Any:
     rules = {**FAST, **(rollout or {})}
     flow = ", ".join(f"{k}: {str(v).lower() if isinstance(v, bool) else v}" for k, v in rules.items())
-    return load_config_text(
-        f"""
-state_dir: {state_dir}
-groups:
-  - name: {GROUP}
-    tier: process
-    min: {min_}
-    max: {max_}
-    sync_period: 1s
-    drain_timeout: 1s
-    health:
-      interval: 1s
-      healthy_after: 1
-      unhealthy_after: {unhealthy_after}
-      startup_grace: {startup_grace}s
-    metrics: [{{type: cpu, target: 50}}]
-    rollout: {{{flow}}}
-    template: {{command: ["{command}"]}}
-"""
+    return fake_group_config(
+        state_dir,
+        command=command,
+        min_=min_,
+        max_=max_,
+        startup_grace=startup_grace,
+        unhealthy_after=unhealthy_after,
+        extra=f"    rollout: {{{flow}}}\n",
     )
 
 
