@@ -27,7 +27,6 @@ const ROLLOUT_ACTIONS = {
   paused: [["resume", "go on"], ["undo", "return to the previous revision"]],
   failed: [["resume", "retry the rollout"], ["undo", "return to the previous revision"]],
 };
-const DEFAULT_API = "http://127.0.0.1:9900";
 
 let polls = 0;
 const views = new Map(); // group name -> {root, parts...}
@@ -217,7 +216,8 @@ function rolloutShown(ro) {
 function cliSuffix() {
   // The CLI's default address is 127.0.0.1:9900; a dashboard served elsewhere names its own.
   const origin = window.location.origin;
-  return origin === DEFAULT_API || origin === "http://localhost:9900" ? "" : ` --api ${origin}`;
+  const atDefault = location.port === "9900" && ["127.0.0.1", "localhost"].includes(location.hostname);
+  return atDefault ? "" : ` --api ${origin}`;
 }
 
 function rolloutCommands(group, ro) {
