@@ -75,15 +75,19 @@ class GroupContext:
         return max(10.0, 2 * self.s.sync_period)
 
     def swap_provider(self, provider: Provider) -> None:
-        """Use `provider` from now on; the old one is closed once what it started has finished (a libvirt
-        provider's close also empties its warm pool, which the new one refills with the new revision)."""
+        """Use `provider` from now on; the old one is retired once what it started has finished (a libvirt
+        provider stops its warm pool; the new one replaces the pool's members with the new revision)."""
         old, self.provider = self.provider, provider
         pending = [t for t in self.tasks if not t.done()]
+
+        # A provider that shares the group's resources with its successor says how to step aside
+        # without tearing them down (libvirt: its warm pool's overlays and storage pool).
+        retire = getattr(old, "retire", None) or old.close
 
         async def close_later() -> None:
             if pending:
                 await asyncio.wait(pending)
-            await asyncio.to_thread(old.close)
+            await asyncio.to_thread(retire)
 
         if old is not provider:
             self.spawn(close_later())

@@ -365,6 +365,19 @@ class LibvirtProvider(NoConsole):
             )
         return out
 
+    def retire(self) -> None:
+        """Replaced by a provider of the same group (a rollout to another revision): stop the warm pool
+        and let go of the connection, nothing more. The new provider's pool removes the paused VMs of
+        this revision itself; removing "leftovers" here would take its fresh members (and overlays it
+        is creating) as well."""
+        self._closing.set()
+        try:
+            if self.pool is not None:
+                self.pool.stop()
+        finally:
+            self.conn.close()
+            self._cpu.clear()
+
     def close(self) -> None:
         """Stop the warm pool and remove its paused VMs (they serve nobody without a controller), remove
         overlays nothing uses, and the storage pool if it is empty. Replicas keep running."""
