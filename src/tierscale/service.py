@@ -82,8 +82,7 @@ async def reload(controller: Controller, path: str) -> bool:
         config = await asyncio.to_thread(load_config, path)
         change = await controller.apply(config)
     except ConfigError as exc:
-        more = f" (and {len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""
-        log.error("SIGHUP: %s not applied, the running config stays: %s%s", path, exc.problems[0], more)
+        log.error("SIGHUP: %s not applied, the running config stays: %s", path, exc.first_line())
         return False
     except (ApplyError, ControllerError, ProviderError, BalancerError) as exc:
         log.error("SIGHUP: %s not applied, the running config stays: %s", path, exc)

@@ -271,9 +271,7 @@ class Routes:
         try:
             config = await asyncio.to_thread(load_config_text, text, "<applied config>")
         except ConfigError as exc:
-            first = exc.problems[0]
-            more = f" (and {len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""
-            raise ApiError(400, f"{first}{more}", first.field or "body") from None
+            raise ApiError(400, exc.first_line(), exc.problems[0].field or "body") from None
         try:
             change = await self.controller.apply(config)
         except (ApplyError, ControllerError, ProviderError, BalancerError) as exc:

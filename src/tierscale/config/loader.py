@@ -44,6 +44,11 @@ class ConfigError(Exception):
         self.problems = list(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
 
+    def first_line(self) -> str:
+        """The first problem, and how many more there are: for a place with room for one line."""
+        more = len(self.problems) - 1
+        return f"{self.problems[0]}" + (f" (and {more} more)" if more > 0 else "")
+
 
 # ---- public API ----------------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from tierscale.controller.health import HealthTracker
 from tierscale.controller.state import GroupRuntime, ReplicaState, replica_state
 from tierscale.controller.telemetry import Telemetry
 from tierscale.eventstore import EventStore
-from tierscale.providers.base import Provider, ProviderTimeout, Replica
+from tierscale.providers.base import Provider, ProviderTimeout, Replica, retire
 
 log = logging.getLogger("tierscale.controller")
 T = TypeVar("T")
@@ -80,14 +80,10 @@ class GroupContext:
         old, self.provider = self.provider, provider
         pending = [t for t in self.tasks if not t.done()]
 
-        # A provider that shares the group's resources with its successor says how to step aside
-        # without tearing them down (libvirt: its warm pool's overlays and storage pool).
-        retire = getattr(old, "retire", None) or old.close
-
         async def close_later() -> None:
             if pending:
                 await asyncio.wait(pending)
-            await asyncio.to_thread(retire)
+            await asyncio.to_thread(retire, old)
 
         if old is not provider:
             self.spawn(close_later())

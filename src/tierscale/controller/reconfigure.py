@@ -32,14 +32,14 @@ async def reconfigure(gc: GroupController, parts: NewParts) -> None:
     ctx = gc.ctx
     old = ctx.s
     new = parts.settings
-    if parts.provider is not None and new.revision != gc.rollouts.declared:
+    new_version = new.revision != gc.rollouts.declared
+    # A provider comes with a new template, or with a new way to reach the tier (a Docker host, a
+    # libvirt URI: the same revision, no rollout).
+    if parts.provider is not None and (new_version or old.revision == new.revision):
         ctx.swap_provider(parts.provider)
         ctx.s = new
-        gc.rollouts.declare(new.revision, "the template changed")
-    elif parts.provider is not None and old.revision == new.revision:
-        # Only where the tier is reached changed (a Docker host, a libvirt URI): no new version.
-        ctx.swap_provider(parts.provider)
-        ctx.s = new
+        if new_version:
+            gc.rollouts.declare(new.revision, "the template changed")
     else:
         # Same template: the revision in effect stays (it differs from the config's after a rollback).
         ctx.s = replace(new, revision=old.revision)

@@ -33,7 +33,7 @@ from tierscale.controller.telemetry import Telemetry
 from tierscale.eventstore import EventStore
 from tierscale.private_dirs import make_private_dir
 from tierscale.providers import make_provider
-from tierscale.providers.base import EventSink, Provider
+from tierscale.providers.base import EventSink, Provider, retire
 
 # Seams for tests and benchmarks: build a group's provider, balancer or prober some other way.
 ProviderFactory = Callable[[GroupBase, Path, EventSink], Provider]
@@ -187,7 +187,7 @@ class Controller:
                     self._unlock(name)
                 for p in parts.values():
                     if p.provider is not None:
-                        p.provider.close()
+                        retire(p.provider)  # the group's running provider and its pool stay whole
                 raise
             for name, p in parts.items():
                 self.templates[name].declare(config.group(name))
@@ -220,7 +220,7 @@ class Controller:
                 balancer = self.balancer_factory(g, self.state_dir)
             except BaseException:
                 if provider is not None:
-                    provider.close()
+                    retire(provider)
                 raise
         # A controller built with a prober factory (tests, benchmarks) keeps probing through it.
         prober = None

@@ -118,6 +118,14 @@ class Provider(Protocol):
     def close(self) -> None: ...
 
 
+def retire(provider: Provider) -> None:
+    """Let go of a provider that another one of the same group replaces (a rollout, a new config, one
+    built for a config that was then refused): without tearing down what the group's other provider
+    uses. A provider with shared group resources (libvirt: its warm pool's overlays and storage pool)
+    says how with a `retire` method; for the rest closing is the same thing."""
+    getattr(provider, "retire", provider.close)()
+
+
 class NoConsole:
     """Mixin for tiers without a console log: the method exists, the capability is not listed."""
 
