@@ -119,6 +119,7 @@ class AccessLogReader:
         self._ident: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
         self._offset = 0  # just past the last complete line consumed
         self.skipped = 0  # garbage lines seen (not JSON, missing fields)
+        self.last_request_at: float | None = None  # the newest request read, however old (idle timers)
 
     @property
     def sample_count(self) -> int:
@@ -185,7 +186,10 @@ class AccessLogReader:
                 sample = _parse(line)
                 if sample is None:
                     self.skipped += 1
-                elif sample.ts >= cutoff:
+                    continue
+                if self.last_request_at is None or sample.ts > self.last_request_at:
+                    self.last_request_at = sample.ts
+                if sample.ts >= cutoff:
                     self._samples.append(sample)
                     added += 1
             self._offset += end + 1

@@ -40,6 +40,12 @@ class Balancer(Protocol):
 
     def is_running(self) -> bool: ...
 
+    def hold_at(self, address: str | None, timeout: float = 30.0) -> None:
+        """scale_to_zero: while no replica is ready, send requests to `address` (the controller's holding
+        endpoint, which answers within `timeout`) instead of answering 503; None: stop doing so. Takes
+        effect with the next `ensure_running`/`apply`."""
+        ...
+
     def wait_drained(self, address: str, timeout: float) -> bool:
         """Block until no connection to `address` is open (True) or `timeout` passed (False)."""
         ...

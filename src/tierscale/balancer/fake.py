@@ -17,6 +17,7 @@ class FakeBalancer:
         self.fail_start: bool = False
         self.open_connections: set[str] = set()  # addresses a drain waits on until they leave this set
         self.drains: list[str] = []
+        self.hold_address: str | None = None
 
     @property
     def url(self) -> str:
@@ -39,6 +40,9 @@ class FakeBalancer:
         self.backends = new
         self.applied.append(new)
         return ApplyResult(changed=True, ok=True)
+
+    def hold_at(self, address: str | None, timeout: float = 30.0) -> None:
+        self.hold_address = address
 
     def is_running(self) -> bool:
         return self.backends is not None

@@ -143,6 +143,16 @@ class NginxBalancer:
         self.shutdown_timeout = shutdown_timeout
         self.reload_timeout = reload_timeout
         self._lock = threading.RLock()
+        # scale_to_zero: with no ready replica, requests go to the controller's holding endpoint.
+        self.hold_address: str | None = None
+        self.hold_timeout = 30.0
+
+    def hold_at(self, address: str | None, timeout: float = 30.0) -> None:
+        """While no replica is ready, proxy to `address` (the holder) instead of answering 503; takes effect
+        with the next ensure_running/apply."""
+        if address is not None:
+            parse_address(address)
+        self.hold_address, self.hold_timeout = address, timeout
 
     # ---- paths and properties -------------------------------------------------------------------
 
@@ -200,6 +210,12 @@ class NginxBalancer:
             ]
             upstream_block = "\n".join(lines)
             root_location = _PROXY_LOCATION.replace("{{upstream}}", _UPSTREAM_NAME)
+        elif self.hold_address is not None:
+            upstream_block = ""
+            # The holder answers 504 at hold_timeout; the replica it relays to then has a minute more.
+            root_location = _HOLD_LOCATION.replace("{{hold}}", self.hold_address).replace(
+                "{{hold_read_timeout}}", f"{max(1, round(self.hold_timeout + 60))}s"
+            )
         else:
             # nginx refuses an upstream without servers, so with no ready replica the server answers
             # by itself: 503 + Retry-After tells clients (and retrying proxies) to come back shortly.
@@ -660,6 +676,30 @@ _PROXY_LOCATION = """
             proxy_next_upstream_timeout 10s;
             proxy_send_timeout 60s;
             proxy_read_timeout 60s;
+        }"""
+
+# HTTP/1.0 to the holder (nginx's default): the body arrives whole with its Content-Length, and the holder
+# closes after each answer. Never retried elsewhere: there is nowhere else. A refused connection means the
+# controller is gone (killed, restarting): answer as the empty group does instead of a bare 502.
+_HOLD_LOCATION = """
+        location / {
+            proxy_pass http://{{hold}};
+            proxy_set_header Host $tierscale_host;
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Request-Id $request_id;
+            proxy_connect_timeout 1s;
+            proxy_next_upstream off;
+            proxy_send_timeout {{hold_read_timeout}};
+            proxy_read_timeout {{hold_read_timeout}};
+            error_page 502 = @tierscale_no_holder;
+        }
+
+        location @tierscale_no_holder {
+            default_type application/json;
+            add_header Retry-After 1 always;
+            return 503 '{"error":"none ready, no controller holding","group":"{{group}}"}\\n';
         }"""
 
 _EMPTY_LOCATION = """

@@ -593,6 +593,17 @@ class RolloutConfig(_Model):
         return self
 
 
+class ScaleToZeroConfig(_Model):
+    """With `min: 0`: to zero after `idle_after` without a request; requests that arrive then are held."""
+
+    idle_after: PositiveDuration = 300.0
+    hold_timeout: PositiveDuration = 30.0
+    max_pending: PositiveInt = 1000
+    # Held requests one ready replica is given at a time while the group wakes (Knative's
+    # containerConcurrency): a burst is spread over the replicas as they turn ready, not all on the first.
+    replica_concurrency: PositiveInt = 10
+
+
 # ---- groups --------------------------------------------------------------------------------------------
 
 
@@ -627,11 +638,17 @@ class GroupBase(_Model):
     drain_timeout: Duration = 10.0
     balancer: BalancerConfig = Field(default_factory=BalancerConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    scale_to_zero: ScaleToZeroConfig | None = None
 
     @model_validator(mode="after")
     def _cross_fields(self) -> GroupBase:
         if self.max < self.min:
             raise problem(f"must be >= min ({self.min})", "max")
+        if self.scale_to_zero is not None and self.min != 0:
+            raise problem(f"needs min: 0 (min is {self.min})", "scale_to_zero")
+        if self.scale_to_zero is not None and self.balancer.type == "none":
+            # Requests that arrive at zero are held by the balancer; without one nothing could wake.
+            raise problem("needs a balancer (balancer.type is none)", "scale_to_zero")
         if self.rollout.canary > self.max:
             raise problem(f"must be <= the group's max ({self.max})", "rollout", "canary")
         seen: dict[str, int] = {}

@@ -13,11 +13,12 @@ from tierscale.config.revision import template_revision
 from tierscale.config.rollout import RolloutSpec
 from tierscale.config.to_policy import hpa_params, predictive_params, schedule_entries, threshold_params
 from tierscale.policy.predictive import PredictiveParams
+from tierscale.policy.scale_to_zero import ScaleToZeroParams
 from tierscale.policy.schedule import ScheduleEntry
 from tierscale.policy.strategy import PolicyPlan, make_strategy
 from tierscale.policy.types import HpaParams, ThresholdParams
 
-__all__ = ["GroupSettings", "MetricSpec", "settings_for"]
+__all__ = ["GroupSettings", "HoldSpec", "MetricSpec", "settings_for"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,16 @@ class MetricSpec:
     target: float
     url: str | None = None
     query: str | None = None
+
+
+@dataclass(frozen=True)
+class HoldSpec:
+    """`scale_to_zero:`: when to go to zero, and how requests that arrive there are held."""
+
+    idle_after: float = 300.0
+    hold_timeout: float = 30.0
+    max_pending: int = 1000
+    replica_concurrency: int = 10
 
 
 @dataclass(frozen=True)
@@ -59,16 +70,19 @@ class GroupSettings:
     schedule: tuple[ScheduleEntry, ...] = ()
     revision: str = ""  # the template revision new replicas are made from
     rollout: RolloutSpec = field(default_factory=RolloutSpec)
+    scale_to_zero: HoldSpec | None = None
 
     @cached_property
     def plan(self) -> PolicyPlan:
         """The policy step's inputs; `dataclasses.replace` builds a new settings object, and a new plan."""
         strategy = make_strategy(self.policy, self.hpa, self.threshold, self.forecast)
-        return PolicyPlan(strategy, self.hpa, self.schedule)
+        stz = self.scale_to_zero
+        params = None if stz is None else ScaleToZeroParams(stz.idle_after, stz.replica_concurrency)
+        return PolicyPlan(strategy, self.hpa, self.schedule, params)
 
 
 def settings_for(group: GroupBase) -> GroupSettings:
-    h, r = group.health, group.rollout
+    h, r, z = group.health, group.rollout, group.scale_to_zero
     return GroupSettings(
         name=group.name,
         tier=group.tier,
@@ -111,4 +125,7 @@ def settings_for(group: GroupBase) -> GroupSettings:
             canary=r.canary,
             auto_rollback=r.auto_rollback,
         ),
+        scale_to_zero=None
+        if z is None
+        else HoldSpec(z.idle_after, z.hold_timeout, z.max_pending, z.replica_concurrency),
     )

@@ -18,6 +18,8 @@ class BalancerSync:
         if ctx.balancer is None or ctx.dry_run:
             return
         backends = ctx.ready_backends()
+        if ctx.holder is not None:
+            ctx.holder.set_backends(backends)
         try:
             await ctx.call(ctx.balancer.ensure_running, list(backends))
             ctx.rt.backends = backends
@@ -41,6 +43,9 @@ class BalancerSync:
         ctx = self.ctx
         if ctx.balancer is None or ctx.dry_run:
             return
+        if ctx.holder is not None:
+            # Held requests go to a replica the moment it is ready, while nginx is still reloading.
+            ctx.holder.set_backends(ctx.ready_backends())
         async with self._lock:
             backends = ctx.ready_backends()
             if backends == ctx.rt.backends:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from tierscale.balancer.base import Balancer
+from tierscale.balancer.holder import Holder
 from tierscale.config.settings import GroupSettings
 from tierscale.controller.clock import Clock
 from tierscale.controller.health import HealthTracker
@@ -33,6 +34,8 @@ class GroupContext:
     rt: GroupRuntime = field(default_factory=GroupRuntime)
     health: HealthTracker = field(init=False)
     wake: asyncio.Event = field(default_factory=asyncio.Event)  # a pass should run now
+    probe_soon: asyncio.Event = field(default_factory=asyncio.Event)  # a health round should run now
+    holder: Holder | None = None  # scale_to_zero: where requests wait while no replica is ready
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def __post_init__(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 import aiohttp
 
@@ -18,6 +19,7 @@ from tierscale.config.settings import GroupSettings
 from tierscale.controller.balancing import BalancerSync
 from tierscale.controller.clock import Clock
 from tierscale.controller.context import GroupContext
+from tierscale.controller.holding import Holding
 from tierscale.controller.observer import Observer
 from tierscale.controller.prober import ConsoleProber, HealthRounds, HttpProber, Prober
 from tierscale.controller.reconciler import Reconciler
@@ -64,6 +66,7 @@ class GroupController:
             else:
                 prober = HttpProber(self.http, settings.health_path, settings.health_timeout)
         self.health_rounds = HealthRounds(ctx, prober, self.balancing.sync)
+        self.holding = Holding(ctx)
         # Called with (now, status) after every pass: the API keeps its chart series here.
         self.status_listeners: list[StatusListener] = []
 
@@ -106,6 +109,7 @@ class GroupController:
             self._adopt()
         # Adopted replicas that answer get traffic at once instead of after the first health round.
         await self.health_rounds.probe_all()
+        await self.holding.start()
         await self.balancing.start()
 
     def _adopt(self) -> None:
@@ -161,12 +165,13 @@ class GroupController:
             health_task.cancel()
             await self.shutdown()
 
-    async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
-        """Until the next pass is due, or a wake-up (readiness change, manual scale), or stop."""
+    async def _sleep(self, stop: asyncio.Event, seconds: float, wake: asyncio.Event | None = None) -> None:
+        """Until the next pass is due, or a wake-up (readiness change, manual scale, a held request), or
+        stop."""
         waiters = [
             asyncio.ensure_future(self.ctx.clock.sleep(seconds)),
             asyncio.ensure_future(stop.wait()),
-            asyncio.ensure_future(self.ctx.wake.wait()),
+            asyncio.ensure_future((wake or self.ctx.wake).wait()),
         ]
         _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         for p in pending:
@@ -174,15 +179,18 @@ class GroupController:
 
     async def _health_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            self.ctx.probe_soon.clear()
             try:
                 await self.health_rounds.probe_all()
             except Exception:
                 log.exception("%s: health round failed", self.ctx.s.name)
-            await self.ctx.clock.sleep(self.ctx.s.health_interval)
+            # While requests are held, a new replica is probed every 50 ms: it serves the moment it can.
+            await self._sleep(stop, self.holding.probe_interval(), self.ctx.probe_soon)
 
     async def shutdown(self) -> None:
         # In-flight drains and creates finish so nothing is left half-made; replicas keep running.
         ctx = self.ctx
+        await self.holding.stop()  # requests still waiting get 503 + Retry-After
         pending = [t for t in ctx.tasks if not t.done() and t is not asyncio.current_task()]
         if pending:
             await asyncio.wait(pending, timeout=ctx.s.drain_timeout + ctx.s.stop_grace + 5)
@@ -206,6 +214,8 @@ class GroupController:
             self._adopt()
         self.reconciler.reap_failed()
         snap = await self.observer.snapshot(now)
+        held, last = self.holding.demand(self.traffic_log.last_request_at if self.traffic_log else None)
+        snap = replace(snap, held_requests=held, last_request_at=last)
         decision = self.decide(snap)
         self._record(decision, now)
         if not ctx.dry_run:
@@ -242,6 +252,7 @@ class GroupController:
         ctx, rt = self.ctx, self.ctx.rt
         rt.last_decision = decision
         ctx.store.record_decision(ctx.s.name, decision)
+        self.holding.record(decision)
         for p in decision.proposals:
             if p.value is not None:
                 ctx.tm.metric_value.labels(ctx.s.name, p.metric).set(p.value)

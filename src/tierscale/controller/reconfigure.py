@@ -64,6 +64,9 @@ async def reconfigure(gc: GroupController, parts: NewParts) -> None:
         )
     if parts.balancer is not KEEP:
         await _swap_balancer(gc, parts.balancer)  # type: ignore[arg-type]
+    elif new.scale_to_zero != old.scale_to_zero:
+        await gc.holding.start()  # on, off, or new limits; a group at zero is re-pointed at the next sync
+        ctx.rt.backends = None
     gc.observer.sources = make_sources(new.metrics, SourceDeps(gc.http, new.health_timeout * 2))
     ctx.wake.set()
 
@@ -80,5 +83,6 @@ async def _swap_balancer(gc: GroupController, balancer: Balancer | None) -> None
     # The same prefix directory: a running nginx is adopted and reloaded onto its new listen address.
     # A failure is recorded (balancer_failed) by `start` and the next pass's sync tries again; raising
     # here would leave the config half applied (the groups before this one reconfigured, the rest not).
+    await gc.holding.start()
     with contextlib.suppress(BalancerError):
         await gc.balancing.start()

@@ -56,6 +56,16 @@ class Telemetry:
         self.rollouts = Counter(
             "tierscale_rollouts", "Rollouts by how they ended", ["group", "result"], registry=r
         )
+        self.cold_start_seconds = Histogram(
+            "tierscale_cold_start_seconds",
+            "First request held at zero replicas to its response",
+            ["group", "tier"],
+            buckets=(0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 6, 10, 20, 30, 60, 120),
+            registry=r,
+        )
+        self.held_requests = Gauge(
+            "tierscale_held_requests", "Requests waiting for a replica to wake", ["group"], registry=r
+        )
 
     def forget_group(self, group: str) -> None:
         """A group no longer managed: its series go, so dashboards do not show a frozen last value."""
@@ -71,6 +81,8 @@ class Telemetry:
             self.replacements,
             self.rollout_replicas,
             self.rollouts,
+            self.cold_start_seconds,
+            self.held_requests,
         ):
             for labels in [k for k in list(metric._metrics) if k and k[0] == group]:
                 metric.remove(*labels)

@@ -12,6 +12,7 @@ from typing import Protocol
 
 from tierscale.policy.engine import decide_hpa, decide_threshold, record_scale
 from tierscale.policy.predictive import PredictiveParams, decide_predictive
+from tierscale.policy.scale_to_zero import ScaleToZeroParams, at_zero, floor_at_one, to_zero_when_idle
 from tierscale.policy.schedule import ScheduleEntry, apply_schedule, note_schedule
 from tierscale.policy.types import Decision, GroupSnapshot, HpaParams, PolicyState, ThresholdParams
 
@@ -70,12 +71,20 @@ class PolicyPlan:
     strategy: Strategy
     hpa: HpaParams
     schedule: tuple[ScheduleEntry, ...] = ()
+    scale_to_zero: ScaleToZeroParams | None = None
 
 
 def policy_step(plan: PolicyPlan, snap: GroupSnapshot, state: PolicyState) -> tuple[Decision, PolicyState]:
     """Schedule, decide, and — when the count changes — record the scale in the policy's history."""
     scheduled_snap, note = apply_schedule(plan.schedule, snap)
-    decision, state = plan.strategy.decide(scheduled_snap, state)
+    stz = plan.scale_to_zero
+    if stz is None:
+        decision, state = plan.strategy.decide(scheduled_snap, state)
+    elif snap.current_replicas == 0:
+        decision = at_zero(stz, scheduled_snap)
+    else:
+        decision, state = plan.strategy.decide(floor_at_one(scheduled_snap), state)
+        decision = to_zero_when_idle(stz, scheduled_snap, decision)
     decision = note_schedule(decision, note)
     if decision.desired != decision.current:
         state = record_scale(plan.hpa, state, decision.current, decision.desired, snap.now)

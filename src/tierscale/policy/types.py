@@ -97,6 +97,9 @@ class GroupSnapshot:
     max_replicas: int
     replicas: tuple[ReplicaStatus, ...] = ()
     metrics: tuple[MetricInput, ...] = ()
+    # What the balancer saw (scale_to_zero): requests held at zero, and when the last request arrived.
+    held_requests: int = 0
+    last_request_at: float | None = None
 
 
 @dataclass(frozen=True)
