@@ -92,6 +92,14 @@ def read_statuses(state_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
+def _seconds(x: float) -> str:
+    if x >= 3600 and x % 3600 == 0:
+        return f"{x / 3600:g}h"
+    if x >= 60 and x % 60 == 0:
+        return f"{x / 60:g}m"
+    return f"{x:.0f}s" if x >= 10 else f"{x:.1f}s"
+
+
 def _metric_text(p: dict[str, Any], count: int) -> Text:
     unit = METRIC_UNIT.get(p["metric"], "")
     t = Text(f"{p['metric']} ", style="bold")
@@ -166,6 +174,16 @@ def render_status_table(statuses: list[dict[str, Any]]) -> Group:
                     style="yellow",
                 )
             )
+        stz = st.get("scale_to_zero")
+        if stz:
+            line = Text("  scale to zero ", style="bold")
+            idle = stz.get("idle_for")
+            line.append(f"after {_seconds(stz['idle_after'])} idle")
+            if idle is not None:
+                line.append(f"; idle {_seconds(idle)}")
+            if stz.get("held"):
+                line.append(f"; {stz['held']} request(s) held", style="yellow")
+            parts.append(line)
         d = st.get("last_decision")
         for p in (d or {}).get("proposals") or []:
             parts.append(Text("  ").append_text(_metric_text(p, d["current"] if d else 1)))

@@ -95,7 +95,11 @@ class GroupController:
     def status(self) -> GroupStatus:
         status = group_status(self.ctx, self.traffic_log)
         status.rollout = self.rollout_view()
+        status.scale_to_zero = self.holding.view(self._last_request())
         return status
+
+    def _last_request(self) -> float | None:
+        return self.traffic_log.last_request_at if self.traffic_log else None
 
     def rollout_view(self) -> RolloutView:
         return rollout_view(self.rollouts)
@@ -214,7 +218,7 @@ class GroupController:
             self._adopt()
         self.reconciler.reap_failed()
         snap = await self.observer.snapshot(now)
-        held, last = self.holding.demand(self.traffic_log.last_request_at if self.traffic_log else None)
+        held, last = self.holding.demand(self._last_request())
         snap = replace(snap, held_requests=held, last_request_at=last)
         decision = self.decide(snap)
         self._record(decision, now)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from tierscale.balancer.holder import Holder, HoldHooks
 from tierscale.controller.context import GroupContext
+from tierscale.controller.status_model import ScaleToZeroView
 from tierscale.policy.types import Decision
 
 _PORT_KEY = "hold_port"
@@ -84,6 +85,21 @@ class Holding:
         seen = [t for t in (log_last, holder.last_request_at if holder else None) if t is not None]
         # Nothing seen since this controller started: the timer starts now, not at the epoch.
         return (holder.held if holder else 0), max([*seen, self.started_at])
+
+    def view(self, log_last: float | None) -> ScaleToZeroView | None:
+        spec = self.ctx.s.scale_to_zero
+        if spec is None:
+            return None
+        held, last = self.demand(log_last)
+        idle = None if last is None else round(max(0.0, self.ctx.clock.now() - last), 1)
+        return ScaleToZeroView(
+            idle_after=spec.idle_after,
+            hold_timeout=spec.hold_timeout,
+            max_pending=spec.max_pending,
+            held=held,
+            last_request_at=last,
+            idle_for=idle,
+        )
 
     def probe_interval(self) -> float:
         holder = self.ctx.holder

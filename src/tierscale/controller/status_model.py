@@ -76,6 +76,15 @@ class RolloutView(_View):
     healthy: int = Field(0, description="of those, healthy for min_healthy_time")
 
 
+class ScaleToZeroView(_View):
+    idle_after: float = Field(description="seconds without a request before the group goes to zero")
+    hold_timeout: float
+    max_pending: int
+    held: int = Field(0, description="requests waiting for a replica now")
+    last_request_at: float | None = Field(None, description="unix time of the last request seen")
+    idle_for: float | None = Field(None, description="seconds since then")
+
+
 class GroupStatus(_View):
     group: str
     tier: str
@@ -98,3 +107,4 @@ class GroupStatus(_View):
     replicas: list[ReplicaView]
     last_decision: DecisionView | None
     rollout: RolloutView | None = None
+    scale_to_zero: ScaleToZeroView | None = None
