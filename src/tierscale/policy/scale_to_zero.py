@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from tierscale.policy.types import Decision, GroupSnapshot
+from tierscale.policy.types import Decision, GroupSnapshot, PolicyState, Recommendation
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,15 @@ def at_zero(params: ScaleToZeroParams, snap: GroupSnapshot) -> Decision:
     if lo > 0:
         return Decision("scale_to_zero", snap.now, 0, lo, (), lo, ("TooFewReplicas",), f"min is {lo}")
     return Decision("scale_to_zero", snap.now, 0, 0, (), 0, (), "at zero: no request held")
+
+
+def remember_wake(state: PolicyState, decision: Decision) -> PolicyState:
+    """A wake's count joins the HPA's recommendations, so its scale-down stabilization window holds it as
+    it holds any other scale-up (without it the next pass would undo the wake before the load shows)."""
+    if decision.desired == 0:
+        return state
+    rec = Recommendation(decision.desired, decision.now)
+    return replace(state, recommendations=(*state.recommendations, rec))
 
 
 def to_zero_when_idle(params: ScaleToZeroParams, snap: GroupSnapshot, decision: Decision) -> Decision:

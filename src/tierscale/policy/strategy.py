@@ -12,7 +12,13 @@ from typing import Protocol
 
 from tierscale.policy.engine import decide_hpa, decide_threshold, record_scale
 from tierscale.policy.predictive import PredictiveParams, decide_predictive
-from tierscale.policy.scale_to_zero import ScaleToZeroParams, at_zero, floor_at_one, to_zero_when_idle
+from tierscale.policy.scale_to_zero import (
+    ScaleToZeroParams,
+    at_zero,
+    floor_at_one,
+    remember_wake,
+    to_zero_when_idle,
+)
 from tierscale.policy.schedule import ScheduleEntry, apply_schedule, note_schedule
 from tierscale.policy.types import Decision, GroupSnapshot, HpaParams, PolicyState, ThresholdParams
 
@@ -82,6 +88,7 @@ def policy_step(plan: PolicyPlan, snap: GroupSnapshot, state: PolicyState) -> tu
         decision, state = plan.strategy.decide(scheduled_snap, state)
     elif snap.current_replicas == 0:
         decision = at_zero(stz, scheduled_snap)
+        state = remember_wake(state, decision)
     else:
         decision, state = plan.strategy.decide(floor_at_one(scheduled_snap), state)
         decision = to_zero_when_idle(stz, scheduled_snap, decision)

@@ -92,6 +92,9 @@ class _Sim:
         self.replicas: list[_Replica] = []
         self.counter = 0
         self.service_ms = 1000.0 / model.capacity
+        # scale_to_zero: the last cell with any load at or before each cell (-1: none yet).
+        loaded = np.where(grid.rate > 0, np.arange(n), -1)
+        self.last_loaded = np.maximum.accumulate(loaded) if n else loaded
         # Steady state before t = 0: `initial` replicas, long past any initialization period.
         long_ago = -(s.hpa.cpu_initialization_period + s.hpa.initial_readiness_delay + 3600.0)
         for _ in range(initial):
@@ -201,6 +204,7 @@ class _Sim:
 
     def snapshot(self, t: float, k: int) -> GroupSnapshot:
         statuses = tuple(r.serving if r.ready_at <= t else r.pending for r in self.replicas)
+        held, last = self.demand(t, k)
         return GroupSnapshot(
             now=self.epoch + t,
             current_replicas=self.desired,
@@ -208,7 +212,25 @@ class _Sim:
             max_replicas=self.s.max,
             replicas=statuses,
             metrics=self.metrics(t, k),
+            held_requests=held,
+            last_request_at=last,
         )
+
+    def demand(self, t: float, k: int) -> tuple[int, float | None]:
+        """What the balancer would have seen (scale_to_zero): when no replica is ready, the requests of the
+        last cell (the first request wakes the controller at once, so what it sees held is the first
+        moment's, not a sync period's), and the end of the last cell with load (the start of the run
+        before any: the controller's idle timer starts when it does)."""
+        if self.s.scale_to_zero is None:
+            return 0, None
+        if k == 0:
+            return 0, self.epoch
+        g = self.grid
+        j = int(self.last_loaded[k - 1])
+        last = self.epoch + (j + 1) * g.dt
+        if any(r.ready_at <= t for r in self.replicas):
+            return 0, last
+        return math.ceil(float(g.rate[k - 1]) * g.dt), last
 
 
 def simulate(
