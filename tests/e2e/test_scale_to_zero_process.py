@@ -61,11 +61,9 @@ def test_a_burst_at_zero_is_served_whole_and_the_group_returns_to_zero(tmp_path:
     g = cfg.groups[0].name
     try:
         with BackgroundController(cfg):
-            answers = burst_at_zero_and_back(
+            burst_at_zero_and_back(
                 Path(cfg.state_dir), g, _url(cfg), lambda: workload_processes(ports), 5.0, boot=30
             )
-            # The held requests were spread over the replicas as they turned ready, not all on the first.
-            assert len({a.json()["instance"] for a in answers}) >= 2, answers
             api = cfg.api.listen
             count = metric_samples(api, "tierscale_cold_start_seconds_count")
             assert sum(count.values()) >= 1, count
