@@ -29,6 +29,7 @@ _HEAD_LIMIT = 1 << 20  # nginx's own request headers are far smaller (large_clie
 _READ_TIMEOUT = 60.0  # nginx sends what it buffered at once; a stalled sender is not a request
 _CONNECT_TIMEOUT = 3.0
 _CONNECT_TRIES = 3  # a replica that died between turning ready and the release: try another
+_REFUSED_FOR = 1.0
 
 
 class _Refused(Exception):
@@ -85,6 +86,7 @@ class Holder:
         self._queue: deque[_Ticket] = deque()
         self._backends: tuple[str, ...] = ()
         self._in_flight: dict[str, int] = {}
+        self._refused: dict[str, float] = {}  # replica → when it refused a connection (monotonic)
         self._cold = False  # a cold start is being timed
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -132,6 +134,10 @@ class Holder:
             if not t.future.done():
                 t.future.set_exception(_Stopping())
         self.hooks.held(0)
+        # Those just answered 503 and relays in flight get a moment to finish before their sockets close.
+        deadline = time.monotonic() + 2.0
+        while self._writers and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         for w in list(self._writers):
             with contextlib.suppress(Exception):
                 w.close()
@@ -146,7 +152,14 @@ class Holder:
     def _dispatch(self) -> None:
         before = len(self._queue)
         while self._queue:
-            free = [b for b in self._backends if self._in_flight.get(b, 0) < self.replica_concurrency]
+            now = time.monotonic()
+            # One that just refused is skipped for a moment: health checks will take it out soon.
+            free = [
+                b
+                for b in self._backends
+                if self._in_flight.get(b, 0) < self.replica_concurrency
+                and now - self._refused.get(b, -_REFUSED_FOR) >= _REFUSED_FOR
+            ]
             if not free:
                 break
             backend = min(free, key=lambda b: self._in_flight.get(b, 0))
@@ -222,6 +235,8 @@ class Holder:
                 self.counts.released += 1
                 return True
             except _Refused:
+                self._refused[backend] = time.monotonic()
+                asyncio.get_running_loop().call_later(_REFUSED_FOR, self._dispatch)
                 continue  # nothing was sent: the next ready replica takes it, still in its place
             finally:
                 self._finished(backend)

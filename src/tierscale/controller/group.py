@@ -177,9 +177,11 @@ class GroupController:
             asyncio.ensure_future(stop.wait()),
             asyncio.ensure_future((wake or self.ctx.wake).wait()),
         ]
-        _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        for p in pending:
-            p.cancel()
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when the loop itself is cancelled: no waiter may outlive it
+            for w in waiters:
+                w.cancel()
 
     async def _health_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
