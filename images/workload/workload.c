@@ -4,7 +4,10 @@
  *
  *   GET /work?ms=N  burns N ms of CPU (this thread's CPU clock, capped at 10 s) and answers
  *                   {"instance": "...", "ms": N}
- *   GET /healthz    200 "ok"
+ *   POST /work?ms=N reads the body (Content-Length required, else 411; at most 1 MiB, else 413), burns
+ *                   the same N ms and answers the GET fields plus "method": "POST", "bytes" (body length)
+ *                   and "fnv1a" (its 64-bit FNV-1a hash, 16 lowercase hex digits)
+ *   GET /healthz    200 "ok" (POST: 405)
  *   other paths 404, a bad ms 400, other methods 501.
  *
  * HTTP/1.1 keep-alive (every response has Content-Length), one thread per connection (capped),
@@ -20,6 +23,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -40,6 +44,10 @@
 #define REQ_BUF 16384          /* request line + headers must fit */
 #define IDLE_TIMEOUT_S 300     /* an idle keep-alive connection gives its thread back after this */
 #define INSTANCE_MAX 256
+#define MAX_BODY (1024 * 1024) /* POST bodies are demo payloads; a bigger one is refused before it is read */
+#define LINGER_MS 1000         /* how long a refused request's unread body is drained before the close */
+#define FNV64_OFFSET 0xcbf29ce484222325ULL
+#define FNV64_PRIME 0x100000001b3ULL
 
 static char instance[INSTANCE_MAX];
 static volatile sig_atomic_t draining = 0;
@@ -158,14 +166,18 @@ static const char *reason(int status) {
     case 200: return "OK";
     case 400: return "Bad Request";
     case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 411: return "Length Required";
     case 413: return "Request Entity Too Large";
     case 501: return "Not Implemented";
     default: return "Error";
     }
 }
 
-/* Send one response; returns 0 to keep the connection open, -1 to close it. */
-static int respond(int fd, int status, const char *ctype, const char *body, int keep_alive) {
+/* Send one response with `extra` headers (each ending in CRLF, or ""); returns 0 to keep the connection
+ * open, -1 to close it. */
+static int respond_with(int fd, int status, const char *ctype, const char *body, int keep_alive,
+                        const char *extra) {
     char date[64];
     time_t now = time(NULL);
     struct tm tm;
@@ -176,8 +188,9 @@ static int respond(int fd, int status, const char *ctype, const char *body, int 
     char head[512];
     int hlen = snprintf(head, sizeof head,
                         "HTTP/1.1 %d %s\r\nServer: tierscale-workload/1\r\nDate: %s\r\n"
-                        "Content-Type: %s\r\nContent-Length: %zu\r\n%s\r\n",
-                        status, reason(status), date, ctype, blen, close_after ? "Connection: close\r\n" : "");
+                        "Content-Type: %s\r\nContent-Length: %zu\r\n%s%s\r\n",
+                        status, reason(status), date, ctype, blen, extra,
+                        close_after ? "Connection: close\r\n" : "");
     /* Headers and body in one segment: with two writes the body could wait for a delayed ACK. */
     size_t total = (size_t)hlen + blen;
     char *out = malloc(total);
@@ -188,6 +201,41 @@ static int respond(int fd, int status, const char *ctype, const char *body, int 
     free(out);
     return (rc < 0 || close_after) ? -1 : 0;
 }
+
+static int respond(int fd, int status, const char *ctype, const char *body, int keep_alive) {
+    return respond_with(fd, status, ctype, body, keep_alive, "");
+}
+
+/* Closing a socket with unread bytes makes the kernel send RST, which can destroy the error response
+ * before the client reads it; so half-close and drain what the client still sends (at most LINGER_MS). */
+static void linger_close(int fd) {
+    shutdown(fd, SHUT_WR);
+    struct timespec t0, now;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    char sink[16384];
+    for (;;) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long left = LINGER_MS - ((now.tv_sec - t0.tv_sec) * 1000 + (now.tv_nsec - t0.tv_nsec) / 1000000);
+        if (left <= 0) return;
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int r = poll(&p, 1, (int)left);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return;
+        if (recv(fd, sink, sizeof sink, 0) <= 0) return; /* EOF: the client has closed too */
+    }
+}
+
+static uint64_t fnv1a_64(uint64_t h, const char *p, size_t n) {
+    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)p[i]) * FNV64_PRIME;
+    return h;
+}
+
+/* What a POST body was, for the /work answer. */
+struct body_info {
+    int is_post;
+    size_t bytes;
+    uint64_t fnv1a;
+};
 
 /* JSON string escaping for the values we echo back (instance id, path, ms). */
 static void json_str(char *out, size_t size, const char *s) {
@@ -243,7 +291,7 @@ static long parse_ms(const char *s) {
     return v > MAX_MS ? MAX_MS : v;
 }
 
-static int handle_work(int fd, char *query, int keep_alive) {
+static int handle_work(int fd, char *query, int keep_alive, const struct body_info *bi) {
     /* parse_qs semantics: the last ms= wins, a missing ms means 0, a blank one is an error. */
     char raw[256] = "0";
     for (char *save = NULL, *kv = query ? strtok_r(query, "&;", &save) : NULL; kv;
@@ -268,12 +316,18 @@ static int handle_work(int fd, char *query, int keep_alive) {
     burn_cpu((int)ms);
     char esc[INSTANCE_MAX * 6 + 3];
     json_str(esc, sizeof esc, instance);
-    snprintf(body, sizeof body, "{\"instance\": %s, \"ms\": %ld}\n", esc, ms);
+    if (bi->is_post)
+        snprintf(body, sizeof body,
+                 "{\"instance\": %s, \"ms\": %ld, \"method\": \"POST\", \"bytes\": %zu, \"fnv1a\": \"%016" PRIx64
+                 "\"}\n",
+                 esc, ms, bi->bytes, bi->fnv1a);
+    else
+        snprintf(body, sizeof body, "{\"instance\": %s, \"ms\": %ld}\n", esc, ms);
     return respond(fd, 200, "application/json", body, keep_alive);
 }
 
-static int route(int fd, const char *method, char *target, int keep_alive) {
-    if (strcmp(method, "GET") != 0) {
+static int route(int fd, const char *method, char *target, int keep_alive, const struct body_info *bi) {
+    if (strcmp(method, "GET") != 0 && !bi->is_post) {
         char esc[64], body[160];
         json_str(esc, sizeof esc, method);
         snprintf(body, sizeof body, "{\"error\": \"unsupported method\", \"method\": %s}\n", esc);
@@ -288,8 +342,14 @@ static int route(int fd, const char *method, char *target, int keep_alive) {
         char *p = strchr(strstr(target, "//") + 2, '/');
         target = p ? p : "";
     }
-    if (strcmp(target, "/healthz") == 0) return respond(fd, 200, "text/plain; charset=utf-8", "ok", keep_alive);
-    if (strcmp(target, "/work") == 0) return handle_work(fd, query, keep_alive);
+    if (strcmp(target, "/healthz") == 0) {
+        if (bi->is_post)
+            return respond_with(fd, 405, "application/json",
+                                "{\"error\": \"method not allowed\", \"method\": \"POST\"}\n", keep_alive,
+                                "Allow: GET\r\n");
+        return respond(fd, 200, "text/plain; charset=utf-8", "ok", keep_alive);
+    }
+    if (strcmp(target, "/work") == 0) return handle_work(fd, query, keep_alive, bi);
     char esc[1024], body[1100];
     json_str(esc, sizeof esc, target);
     snprintf(body, sizeof body, "{\"error\": \"not found\", \"path\": %s}\n", esc);
@@ -318,6 +378,19 @@ static int header_is(const char *line, const char *name, const char **value) {
     return 1;
 }
 
+/* A POST Content-Length the strict way: ASCII digits (optional surrounding blanks, as Python's strip()),
+ * saturating just above MAX_BODY. Returns -1 when it is not a plain decimal number. */
+static long parse_length(const char *s) {
+    while (*s == ' ' || *s == '\t') s++;
+    if (!isdigit((unsigned char)*s)) return -1;
+    long v = 0;
+    for (; isdigit((unsigned char)*s); s++)
+        if (v <= MAX_BODY) v = v * 10 + (*s - '0');
+    while (*s == ' ' || *s == '\t') s++;
+    if (*s) return -1;
+    return v > MAX_BODY ? MAX_BODY + 1 : v;
+}
+
 /* Handle one request from c->buf (complete headers end at `hdr_end`); returns -1 to close. */
 static int handle_request(struct conn *c, char *hdr_end) {
     size_t used = (size_t)(hdr_end + 4 - c->buf);
@@ -336,7 +409,10 @@ static int handle_request(struct conn *c, char *hdr_end) {
         return -1;
     }
     int keep_alive = strcmp(version, "HTTP/1.0") != 0; /* 1.1 defaults to keep-alive, 1.0 to close */
-    long content_length = 0;
+    int http11 = strcmp(version, "HTTP/1.1") == 0; /* `version` points into buf, which is reused below */
+    long content_length = 0; /* GET: lenient, only to skip a body */
+    long post_length = -1;   /* POST: strict, -1 = none or invalid */
+    int lengths = 0, lengths_differ = 0, transfer_encoding = 0, expect_continue = 0;
     for (char *h = strtok_r(NULL, "\r\n", &save); h; h = strtok_r(NULL, "\r\n", &save)) {
         const char *v;
         if (header_is(h, "Connection", &v)) {
@@ -345,6 +421,13 @@ static int handle_request(struct conn *c, char *hdr_end) {
         } else if (header_is(h, "Content-Length", &v)) {
             content_length = strtol(v, NULL, 10);
             if (content_length < 0) content_length = 0;
+            long strict = parse_length(v);
+            if (lengths++ == 0) post_length = strict;
+            else if (strict != post_length) lengths_differ = 1;
+        } else if (header_is(h, "Transfer-Encoding", &v)) {
+            transfer_encoding = 1;
+        } else if (header_is(h, "Expect", &v)) {
+            expect_continue = strncasecmp(v, "100-continue", 12) == 0;
         }
     }
     /* Keep a copy of the target: the buffer is reused for the body and the next request. */
@@ -352,24 +435,57 @@ static int handle_request(struct conn *c, char *hdr_end) {
     snprintf(tgt, sizeof tgt, "%s", target);
     char meth[32];
     snprintf(meth, sizeof meth, "%s", method);
+    struct body_info bi = {.is_post = strcmp(meth, "POST") == 0, .bytes = 0, .fnv1a = FNV64_OFFSET};
 
-    /* Discard a body so its bytes are not parsed as the next request. */
+    if (bi.is_post) {
+        /* A refusal closes the connection: the body's framing is unknown (no or a bad Content-Length,
+         * chunked) or the body is not going to be read, so the stream cannot be resynchronised. */
+        int status = 0;
+        const char *err = NULL;
+        if (lengths == 0 || transfer_encoding) {
+            status = 411;
+            err = "{\"error\": \"Content-Length required\"}\n";
+        } else if (post_length < 0 || lengths_differ) {
+            status = 400;
+            err = "{\"error\": \"bad Content-Length\"}\n";
+        } else if (post_length > MAX_BODY) {
+            status = 413;
+            err = "{\"error\": \"body too large\", \"max_bytes\": 1048576}\n";
+        }
+        if (status) {
+            respond(c->fd, status, "application/json", err, 0);
+            linger_close(c->fd);
+            return -1;
+        }
+        content_length = post_length;
+    }
+
     size_t rest = c->len - used;
     memmove(c->buf, c->buf + used, rest);
     c->len = rest;
+    /* A client that sent Expect: 100-continue waits (curl: 1 s) for this before uploading the body. */
+    if (expect_continue && http11 && (size_t)content_length > c->len &&
+        send_all(c->fd, "HTTP/1.1 100 Continue\r\n\r\n", 25) < 0)
+        return -1;
+    /* Consume the whole body (hashing a POST's as it arrives), so its bytes are not parsed as the next
+     * request on this keep-alive connection. */
     while (content_length > 0) {
         if (c->len > 0) {
             size_t take = (size_t)content_length < c->len ? (size_t)content_length : c->len;
+            if (bi.is_post) {
+                bi.fnv1a = fnv1a_64(bi.fnv1a, c->buf, take);
+                bi.bytes += take;
+            }
             memmove(c->buf, c->buf + take, c->len - take);
             c->len -= take;
             content_length -= (long)take;
             continue;
         }
-        ssize_t n = recv(c->fd, c->buf, sizeof c->buf, 0);
-        if (n <= 0) return -1;
+        ssize_t n = recv(c->fd, c->buf, sizeof c->buf - 1, 0);
+        if (n <= 0) return -1; /* the client hung up mid-body: nobody to answer */
         c->len = (size_t)n;
     }
-    return route(c->fd, meth, tgt, keep_alive);
+    return route(c->fd, meth, tgt, keep_alive, &bi);
 }
 
 static void *connection_main(void *arg) {

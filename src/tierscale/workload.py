@@ -5,6 +5,11 @@
 ``GET /work?ms=N`` burns N ms of CPU and answers ``{"instance": "...", "ms": N}``; ``GET /healthz``
 answers 200 ``ok``; any other path is 404, a bad ``ms`` is 400.
 
+``POST /work?ms=N`` reads the body (Content-Length required, else 411; at most 1 MiB, else 413), burns
+the same N ms and answers the GET fields plus ``"method": "POST"``, ``"bytes"`` (the body's length) and
+``"fnv1a"`` (its 64-bit FNV-1a hash, 16 lowercase hex digits), so a client can check that its upload
+arrived intact. POST on ``/healthz`` is 405. images/workload/workload.c answers byte for byte the same.
+
 Standard library only and no syntax newer than Python 3.7 (with the ``__future__`` import), because this
 single file is also copied as-is into the demo container and VM images, whose Python may be old.
 """
@@ -23,6 +28,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 MAX_MS = 10_000  # one request can never pin a core for more than 10 s
+MAX_BODY = 1 << 20  # POST bodies are demo payloads; a bigger one is refused (413) before it is read
+LINGER_SECONDS = 1.0  # how long a refused request's unread body is drained before the close
+FNV64_OFFSET = 0xCBF29CE484222325
+FNV64_PRIME = 0x100000001B3
+_READ_CHUNK = 65536
 DRAIN_SECONDS = 5.0  # how long SIGTERM waits for in-flight requests
 _POLL_INTERVAL = 0.1  # serve_forever's shutdown latency; the default 0.5 s delays SIGTERM handling
 
@@ -40,6 +50,17 @@ def burn_cpu(ms: float) -> None:
         # A little arithmetic per clock read so the loop is mostly work, not clock syscalls.
         for i in range(200):
             x += i
+
+
+def fnv1a_64(data: bytes, h: int = FNV64_OFFSET) -> int:
+    """64-bit FNV-1a of `data`, continuing from `h` (so a body can be hashed chunk by chunk).
+
+    Pure Python costs ~60 ms per MiB; that is extra CPU on top of ``ms``, but bodies are capped at 1 MiB
+    and the standard library has no FNV (hashlib's digests would not match the C workload's).
+    """
+    for byte in data:
+        h = ((h ^ byte) * FNV64_PRIME) & 0xFFFFFFFFFFFFFFFF
+    return h
 
 
 class WorkloadServer(ThreadingHTTPServer):
@@ -117,6 +138,76 @@ class WorkloadHandler(BaseHTTPRequestHandler):
         self._discard_body()
         self._route()
 
+    def do_POST(self) -> None:
+        length = self._post_length()
+        if length is None:
+            return  # refused, and the connection is closing
+        size, digest = 0, FNV64_OFFSET
+        # Hashed chunk by chunk as it arrives; the whole body is consumed whatever the path, so the
+        # next request on this keep-alive connection starts at the right byte.
+        while size < length:
+            chunk = self.rfile.read(min(_READ_CHUNK, length - size))
+            if not chunk:
+                self.close_connection = True  # the client hung up mid-body: nobody to answer
+                return
+            size += len(chunk)
+            digest = fnv1a_64(chunk, digest)
+        parts = urlsplit(self.path)
+        if parts.path == "/work":
+            self._work(parts.query, {"method": "POST", "bytes": size, "fnv1a": f"{digest:016x}"})
+        elif parts.path == "/healthz":
+            self._send_json(405, {"error": "method not allowed", "method": "POST"}, headers={"Allow": "GET"})
+        else:
+            self._send_json(404, {"error": "not found", "path": parts.path})
+
+    def handle_expect_100(self) -> bool:
+        # Refuse a bad POST before the client uploads its body, instead of inviting it with 100 Continue.
+        if self.command == "POST" and self._post_length() is None:
+            return False
+        return super().handle_expect_100()
+
+    def _post_length(self) -> int | None:
+        """The POST body's length, or None after refusing the request with 411/400/413.
+
+        A refusal closes the connection: the body's framing is unknown (no or a bad Content-Length,
+        chunked) or the body is not going to be read, so the stream cannot be resynchronised.
+        """
+        values = [v.strip() for v in self.headers.get_all("Content-Length") or []]
+        if not values or self.headers.get("Transfer-Encoding") is not None:
+            self._refuse(411, {"error": "Content-Length required"})
+            return None
+        raw = values[0]
+        # ASCII digits only: int() would also take "+5", " 5" or "٥", which a proxy would frame differently.
+        if not (raw.isascii() and raw.isdigit()) or any(v != raw for v in values[1:]):
+            self._refuse(400, {"error": "bad Content-Length"})
+            return None
+        digits = raw.lstrip("0")
+        # More than 8 digits is over 1 MiB anyway, and int() of a huge digit string is itself costly.
+        if len(digits) > 8 or int(digits or "0") > MAX_BODY:
+            self._refuse(413, {"error": "body too large", "max_bytes": MAX_BODY})
+            return None
+        return int(digits or "0")
+
+    def _refuse(self, status: int, obj: dict[str, object]) -> None:
+        self._send_json(status, obj, close=True)
+        self._linger()
+
+    def _linger(self) -> None:
+        # Closing a socket with unread bytes makes the kernel send RST, which can destroy the error
+        # response before the client reads it; so half-close and drain what the client still sends.
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + LINGER_SECONDS
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.connection.settimeout(left)
+                if not self.connection.recv(_READ_CHUNK):
+                    break
+        except OSError:  # includes the timeout
+            pass
+
     def _discard_body(self) -> None:
         # A GET with a body would otherwise leave bytes that get parsed as the next request.
         length = self.headers.get("Content-Length")
@@ -132,7 +223,7 @@ class WorkloadHandler(BaseHTTPRequestHandler):
         else:
             self._send_json(404, {"error": "not found", "path": parts.path})
 
-    def _work(self, query: str) -> None:
+    def _work(self, query: str, extra: dict[str, object] | None = None) -> None:
         values = parse_qs(query, keep_blank_values=True).get("ms", ["0"])
         raw = values[-1]
         try:
@@ -144,17 +235,35 @@ class WorkloadHandler(BaseHTTPRequestHandler):
             return
         ms = min(ms, self.server.max_ms)
         burn_cpu(ms)
-        self._send_json(200, {"instance": self.server.instance, "ms": ms})
+        self._send_json(200, {"instance": self.server.instance, "ms": ms, **(extra or {})})
 
-    def _send_json(self, status: int, obj: dict[str, object]) -> None:
-        self._send(status, json.dumps(obj).encode() + b"\n", "application/json")
+    def _send_json(
+        self,
+        status: int,
+        obj: dict[str, object],
+        *,
+        close: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self._send(status, json.dumps(obj).encode() + b"\n", "application/json", close=close, headers=headers)
 
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str,
+        *,
+        close: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        if self.server.draining:
-            # Tell keep-alive clients to go elsewhere instead of sending more to a stopping replica.
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if close or self.server.draining:
+            # A stopping replica tells keep-alive clients to go elsewhere; a refused POST (`close`)
+            # leaves the stream at an unknown position, so nothing more can be read from it.
             self.send_header("Connection", "close")
             self.close_connection = True
         self.end_headers()
