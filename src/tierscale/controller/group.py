@@ -19,7 +19,7 @@ from tierscale.config.settings import GroupSettings
 from tierscale.controller.balancing import BalancerSync
 from tierscale.controller.clock import Clock
 from tierscale.controller.context import GroupContext
-from tierscale.controller.holding import Holding
+from tierscale.controller.holding import QUICK_PROBE_TIMEOUT, Holding
 from tierscale.controller.observer import Observer
 from tierscale.controller.prober import ConsoleProber, HealthRounds, HttpProber, Prober
 from tierscale.controller.reconciler import Reconciler
@@ -186,11 +186,14 @@ class GroupController:
     async def _health_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             self.ctx.probe_soon.clear()
+            # While requests are held, a new replica is probed every 50 ms, each probe giving up quickly:
+            # it serves the moment it can.
+            waking = self.holding.probe_interval() < self.s.health_interval
+            self.health_rounds.quick_timeout = QUICK_PROBE_TIMEOUT if waking else None
             try:
                 await self.health_rounds.probe_all()
             except Exception:
                 log.exception("%s: health round failed", self.ctx.s.name)
-            # While requests are held, a new replica is probed every 50 ms: it serves the moment it can.
             await self._sleep(stop, self.holding.probe_interval(), self.ctx.probe_soon)
 
     async def shutdown(self) -> None:

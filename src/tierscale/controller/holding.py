@@ -15,6 +15,7 @@ from tierscale.policy.types import Decision
 
 _PORT_KEY = "hold_port"
 FAST_PROBE = 0.05  # seconds between health rounds while requests wait for a replica
+QUICK_PROBE_TIMEOUT = 0.5  # and how long each probe of a replica not yet ready may take then
 
 
 class Holding:

@@ -56,6 +56,19 @@ class HealthRounds:
         self.ctx = ctx
         self.prober = prober
         self.on_change = on_change  # a replica turned ready or unhealthy: rebalance now
+        # Set while requests wait for a replica (scale_to_zero): probes of replicas not yet ready give up
+        # after this many seconds, so one sent while a guest's network is still down (no answer, not
+        # even a reset) does not hold the next probe back for the full health timeout.
+        self.quick_timeout: float | None = None
+
+    async def _probe(self, r: Replica) -> tuple[bool, str | None]:
+        quick = self.quick_timeout
+        if quick is None or self.ctx.health.is_ready(r.id):
+            return await self.prober(r)
+        try:
+            return await asyncio.wait_for(self.prober(r), quick)
+        except TimeoutError:
+            return False, f"no answer within {quick:g}s (waking)"
 
     async def probe_all(self) -> None:
         ctx = self.ctx
@@ -64,7 +77,7 @@ class HealthRounds:
         targets = [r for r in ctx.active() if (r.address or console) and r.state == "running"]
         if not targets:
             return
-        results = await asyncio.gather(*(self.prober(r) for r in targets))
+        results = await asyncio.gather(*(self._probe(r) for r in targets))
         now = ctx.clock.now()
         changed = False
         for r, (ok, err) in zip(targets, results, strict=True):
