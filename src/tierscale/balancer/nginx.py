@@ -227,7 +227,9 @@ class NginxBalancer:
             "user_directive": self._user_directive(),
             "shutdown_timeout": f"{max(1, round(self.shutdown_timeout))}s",
             "upstream_block": upstream_block,
-            "root_location": root_location.replace("{{group}}", self.group),
+            "root_location": root_location.replace("{{group}}", self.group).replace(
+                "{{forward_headers}}", _FORWARD_HEADERS
+            ),
             "backend_count": str(len(normalized)),
         }
         return _PLACEHOLDER_RE.sub(lambda m: values[m.group(1)], _template())
@@ -655,17 +657,21 @@ def _template() -> str:
     return resources.files("tierscale.balancer").joinpath("nginx.conf.tmpl").read_text()
 
 
+# What a replica is told about the client, on the direct path and through the holder alike.
+_FORWARD_HEADERS = """\
+            proxy_set_header Host $tierscale_host;
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Request-Id $request_id;"""
+
 _PROXY_LOCATION = """
         location / {
             proxy_pass http://{{upstream}};
             # HTTP/1.1 with an empty Connection header is what lets upstream keepalive reuse connections.
             proxy_http_version 1.1;
             proxy_set_header Connection "";
-            proxy_set_header Host $tierscale_host;
-            proxy_set_header X-Real-IP $remote_addr;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Request-Id $request_id;
+{{forward_headers}}
             # A replica that is gone or refusing is skipped fast; nginx retries only idempotent requests
             # (no non_idempotent flag), at most twice more, and never past 10 s in total.
             # 3 s, not 1 s: QEMU user networking has a listen backlog of 1, and a dropped SYN is
@@ -684,11 +690,7 @@ _PROXY_LOCATION = """
 _HOLD_LOCATION = """
         location / {
             proxy_pass http://{{hold}};
-            proxy_set_header Host $tierscale_host;
-            proxy_set_header X-Real-IP $remote_addr;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Request-Id $request_id;
+{{forward_headers}}
             proxy_connect_timeout 1s;
             proxy_next_upstream off;
             proxy_send_timeout {{hold_read_timeout}};
