@@ -108,7 +108,12 @@ def test_routes_and_errors(server: Running) -> None:
     assert json.loads(get(server.port, "/work")[1])["ms"] == 0
     assert json.loads(get(server.port, "/work?ms=9&ms=2")[1])["ms"] == 2
     assert json.loads(get(server.port, "/work?m%73=3")[1])["ms"] == 3
-    assert get(server.port, "/work", method="POST", body=b"x")[0] == 501
+    # POST /work (scale-to-zero tests send bodies through the holder): the body's length and FNV-1a.
+    status, body, _ = get(server.port, "/work?ms=1", method="POST", body=b"hello")
+    assert status == 200
+    answer = json.loads(body)
+    assert (answer["method"], answer["bytes"], answer["fnv1a"]) == ("POST", 5, "a430d84680aabd0b")
+    assert get(server.port, "/work", method="PUT", body=b"x")[0] == 501
 
 
 def test_keep_alive_and_pipelining(server: Running) -> None:
