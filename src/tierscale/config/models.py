@@ -22,9 +22,7 @@ from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     PlainSerializer,
     StrictBool,
@@ -34,14 +32,34 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
 
 from tierscale.addresses import AddressError, split_address
-from tierscale.config.durations import parse_duration, parse_size
+from tierscale.config.durations import parse_duration
+from tierscale.config.fields import (
+    ERROR_TYPE,
+    CleanStr,
+    Duration,
+    NonEmptyStr,
+    NonNegativeInt,
+    PathStr,
+    Port,
+    PositiveDuration,
+    PositiveFloat,
+    PositiveInt,
+    Size,
+    StrictModel,
+    env_name,
+    no_control,
+    no_nul,
+    problem,
+    to_duration,
+)
+from tierscale.config.hosts import DockerUrl, PlacementConfig, SwarmTemplate, check_host_list, docker_url
 from tierscale.config.rollout import Amount, parse_amount
 from tierscale.policy.schedule import parse_cron
 
 __all__ = [
+    "ERROR_TYPE",
     "METRIC_TYPES",
     "TIERS",
     "ApiConfig",
@@ -59,6 +77,7 @@ __all__ = [
     "MetricConfig",
     "OpenstackGroup",
     "OpenstackTemplate",
+    "PlacementConfig",
     "ProcessGroup",
     "ProcessTemplate",
     "PrometheusMetric",
@@ -68,80 +87,16 @@ __all__ = [
     "ScaleUpRules",
     "ScalingRulesConfig",
     "ScheduleConfig",
+    "SwarmGroup",
+    "SwarmTemplate",
     "TargetMetric",
     "ThresholdConfig",
     "parse_listen",
 ]
 
-TIERS: tuple[str, ...] = ("process", "docker", "libvirt", "openstack")
+TIERS: tuple[str, ...] = ("process", "docker", "libvirt", "openstack", "swarm")
 METRIC_TYPES: tuple[str, ...] = ("cpu", "requests_per_replica", "latency_p95_ms", "prometheus")
 
-ERROR_TYPE = "tierscale"
-"""pydantic error type of every error raised by our own validators (the loader keys on it)."""
-
-
-def problem(message: str, *loc: str | int) -> PydanticCustomError:
-    """An error whose message is shown as is, optionally pointing at a field below the raising model."""
-    return PydanticCustomError(ERROR_TYPE, "{message}", {"message": message, "loc": loc})
-
-
-# ---- scalar types --------------------------------------------------------------------------------------
-
-
-def _duration(value: Any) -> float:
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise problem(str(exc)) from None
-
-
-def _size(value: Any) -> int:
-    try:
-        return parse_size(value)
-    except ValueError as exc:
-        raise problem(str(exc)) from None
-
-
-Duration = Annotated[float, BeforeValidator(_duration)]
-PositiveDuration = Annotated[Duration, Field(gt=0)]
-Size = Annotated[int, BeforeValidator(_size)]
-# Strict scalars: YAML already gives real ints and bools, so `max: "3"` or `healthy_after: yes` are
-# mistakes worth pointing at rather than silently coercing.
-Port = Annotated[StrictInt, Field(ge=1, le=65535)]
-PositiveInt = Annotated[StrictInt, Field(ge=1)]
-NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
-PositiveFloat = Annotated[StrictFloat, Field(gt=0)]
-NonEmptyStr = Annotated[StrictStr, Field(min_length=1)]
-
-
-def _expand_path(value: str) -> str:
-    return str(Path(value).expanduser())
-
-
-def _no_control(value: str) -> str:
-    """Paths, URIs and names that end up in XML, URLs or file names: a control character in one is a
-    mistake (XML 1.0 cannot even carry most of them) and never what the user meant."""
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        raise problem(f"must not contain control characters such as newlines (got {value!r})")
-    return value
-
-
-def _no_nul(value: str) -> str:
-    # Arguments and environment values are C strings to execve: NUL would end them early, silently.
-    if "\0" in value:
-        raise problem(f"must not contain a NUL character (got {value!r})")
-    return value
-
-
-def _env_name(value: str) -> str:
-    # "A=B" would reach the environment as a variable A whose value starts with "B=": not what was asked.
-    if not value or "=" in value or "\0" in value:
-        raise problem(f"environment variable name must be non-empty, without '=' or NUL (got {value!r})")
-    return value
-
-
-PathStr = Annotated[NonEmptyStr, AfterValidator(_no_control), AfterValidator(_expand_path)]
-CleanStr = Annotated[NonEmptyStr, AfterValidator(_no_control)]
 
 _LISTEN_HOST = re.compile(r"[A-Za-z0-9.-]+|\*")
 
@@ -188,9 +143,9 @@ def _string_map(value: Any) -> Any:
     return {k: _num_to_str(v) for k, v in value.items()}
 
 
-Arg = Annotated[StrictStr, AfterValidator(_no_nul)]
+Arg = Annotated[StrictStr, AfterValidator(no_nul)]
 Command = Annotated[list[Arg], BeforeValidator(_string_list)]
-Env = Annotated[dict[Annotated[StrictStr, AfterValidator(_env_name)], Arg], BeforeValidator(_string_map)]
+Env = Annotated[dict[Annotated[StrictStr, AfterValidator(env_name)], Arg], BeforeValidator(_string_map)]
 
 # Docker's reference grammar (distribution/reference): [domain[:port]/]path[:tag][@digest], or an image id.
 _DOCKER_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
@@ -209,9 +164,7 @@ def _docker_image(value: str) -> str:
     return value
 
 
-class _Model(BaseModel):
-    # validate_default: defaults go through the same validators (so `~` in the default state_dir expands).
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+_Model = StrictModel
 
 
 # ---- api -------------------------------------------------------------------------------------------------
@@ -268,6 +221,7 @@ class DockerTemplate(_Model):
     memory: Size | None = None
     command: Command | None = None  # a string is shell-split into a list
     host: StrictStr | None = None  # DOCKER_HOST-style; None: from the environment
+    hosts: list[DockerUrl] | None = None  # several engines: the group is placed over all of them
 
     @field_validator("command", mode="before")
     @classmethod
@@ -286,9 +240,22 @@ class DockerTemplate(_Model):
     @field_validator("host")
     @classmethod
     def _host(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^(unix|tcp|ssh)://.+", value):
-            raise problem(f"expected a DOCKER_HOST URL: unix://, tcp:// or ssh:// (got {value!r})")
-        return value
+        return None if value is None else docker_url(value)
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else check_host_list(value, "engine URL")
+
+    @model_validator(mode="after")
+    def _one_way(self) -> DockerTemplate:
+        if self.hosts is not None and self.host is not None:
+            raise problem("use host (one engine) or hosts (several), not both", "hosts")
+        return self
+
+    def engines(self) -> list[str | None]:
+        """The engines the group is placed on; [None]: the one from the environment (DOCKER_HOST)."""
+        return list(self.hosts) if self.hosts is not None else [self.host]
 
     @field_validator("memory")
     @classmethod
@@ -312,10 +279,12 @@ MIN_VM_MEMORY = 128 * 1024**2  # smaller guests do not boot (measured; see share
 
 class LibvirtTemplate(_Model):
     uri: Annotated[CleanStr, AfterValidator(_no_uri_password)] = "qemu:///system"
+    # Several hypervisors: the group is placed over all of them (`uri` is then not used).
+    uris: list[Annotated[CleanStr, AfterValidator(_no_uri_password)]] | None = None
     base_image: PathStr | None = None
     kernel: PathStr | None = None
     initrd: PathStr | None = None
-    cmdline: Annotated[StrictStr, AfterValidator(_no_control)] | None = None
+    cmdline: Annotated[StrictStr, AfterValidator(no_control)] | None = None
     memory: Size = 256 * 1024**2
     vcpus: PositiveInt = 1
     # The CPU allotment (cores) utilization is measured against, as in the process tier; None: vcpus.
@@ -343,15 +312,23 @@ class LibvirtTemplate(_Model):
         for key in ("initrd", "cmdline"):
             if getattr(self, key) is not None and self.kernel is None:
                 raise problem(f"{key} needs kernel", key)
+        if self.uris is not None:
+            check_host_list(self.uris, "libvirt URI")
+            if "uri" in self.model_fields_set:
+                raise problem("use uri (one hypervisor) or uris (several), not both", "uris")
         # network: user forwards a port on the libvirt host's loopback, which only that host can reach.
-        host = re.match(r"^[a-z0-9+]+://(?:[^@/]*@)?([^/:?]*)", self.uri)
-        if self.network == "user" and host and host.group(1) not in ("", "localhost", "127.0.0.1"):
-            raise problem(
-                f"user networking is only reachable on the libvirt host itself; with remote uri "
-                f"{self.uri!r} name a libvirt network the controller can route to",
-                "network",
-            )
+        for uri in self.hypervisors():
+            host = re.match(r"^[a-z0-9+]+://(?:[^@/]*@)?([^/:?]*)", uri)
+            if self.network == "user" and host and host.group(1) not in ("", "localhost", "127.0.0.1"):
+                raise problem(
+                    f"user networking is only reachable on the libvirt host itself; with remote uri "
+                    f"{uri!r} name a libvirt network the controller can route to",
+                    "network",
+                )
         return self
+
+    def hypervisors(self) -> list[str]:
+        return list(self.uris) if self.uris is not None else [self.uri]
 
 
 class OpenstackTemplate(_Model):
@@ -474,7 +451,7 @@ class ThresholdConfig(_Model):
 
 def _horizon(value: Any) -> Any:
     # `auto` (or leaving it out): the tier's typical provisioning delay plus one sync period.
-    return None if value in (None, "auto") else _duration(value)
+    return None if value in (None, "auto") else to_duration(value)
 
 
 def _damping(value: Any) -> Any:
@@ -617,7 +594,7 @@ class GroupBase(_Model):
     """Fields every tier shares. Concrete groups are `ProcessGroup`, `DockerGroup`, ... (see `Group`)."""
 
     name: Annotated[StrictStr, AfterValidator(_group_name)]
-    tier: Literal["process", "docker", "libvirt", "openstack"]
+    tier: Literal["process", "docker", "libvirt", "openstack", "swarm"]
     # Kubernetes' minReplicas defaults to 1; max has no sensible default.
     min: NonNegativeInt = 1
     max: PositiveInt
@@ -639,11 +616,25 @@ class GroupBase(_Model):
     balancer: BalancerConfig = Field(default_factory=BalancerConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     scale_to_zero: ScaleToZeroConfig | None = None
+    placement: PlacementConfig = Field(default_factory=PlacementConfig)
+    # A host that cannot be listed for this long has its replicas replaced on the other hosts.
+    host_timeout: PositiveDuration = 30.0
+
+    def host_count(self) -> int:
+        """How many hosts the group is placed over (tiers with several hosts say so)."""
+        return 1
 
     @model_validator(mode="after")
     def _cross_fields(self) -> GroupBase:
         if self.max < self.min:
             raise problem(f"must be >= min ({self.min})", "max")
+        per_host, hosts = self.placement.max_per_host, self.host_count()
+        if per_host is not None and per_host * hosts < self.min:
+            raise problem(
+                f"{per_host} per host x {hosts} host(s) cannot hold min ({self.min})",
+                "placement",
+                "max_per_host",
+            )
         if self.scale_to_zero is not None and self.min != 0:
             raise problem(f"needs min: 0 (min is {self.min})", "scale_to_zero")
         if self.scale_to_zero is not None and self.balancer.type == "none":
@@ -717,6 +708,9 @@ class DockerGroup(GroupBase):
     tier: Literal["docker"]
     template: DockerTemplate
 
+    def host_count(self) -> int:
+        return len(self.template.engines())
+
 
 class WarmPoolConfig(_Model):
     """libvirt: VMs kept booted and paused outside the balancer; a scale-out resumes one."""
@@ -729,20 +723,55 @@ class LibvirtGroup(GroupBase):
     template: LibvirtTemplate
     warm_pool: WarmPoolConfig = Field(default_factory=WarmPoolConfig)
 
+    def host_count(self) -> int:
+        return len(self.template.hypervisors())
+
+    @model_validator(mode="after")
+    def _pool_on_one_host(self) -> LibvirtGroup:
+        if self.warm_pool.size and self.host_count() > 1:
+            # A pool is paused VMs on one hypervisor; which host's pool to resume is a placement
+            # decision the pool does not make yet.
+            raise problem("a warm pool needs a single uri (this group has several)", "warm_pool", "size")
+        return self
+
 
 class OpenstackGroup(GroupBase):
     tier: Literal["openstack"]
     template: OpenstackTemplate
 
 
+class SwarmGroup(GroupBase):
+    tier: Literal["swarm"]
+    template: SwarmTemplate
+
+    @model_validator(mode="after")
+    def _swarm_metrics(self) -> SwarmGroup:
+        for i, metric in enumerate(self.metrics):
+            if metric.type == "cpu" and not self.template.nodes:
+                raise problem(
+                    "cpu on a swarm needs template.nodes (each node's engine, for its tasks' CPU); "
+                    "or scale on requests_per_replica",
+                    "metrics",
+                    i,
+                    "type",
+                )
+        if self.placement.max_per_host is not None:
+            raise problem(
+                "Swarm places the tasks: set the service's --replicas-max-per-node instead",
+                "placement",
+                "max_per_host",
+            )
+        return self
+
+
 # The group's `tier` picks the template model, so template errors name the right keys for that tier.
 Group: TypeAlias = Annotated[
-    ProcessGroup | DockerGroup | LibvirtGroup | OpenstackGroup, Field(discriminator="tier")
+    ProcessGroup | DockerGroup | LibvirtGroup | OpenstackGroup | SwarmGroup, Field(discriminator="tier")
 ]
 
 
 def _expand_state_dir(value: Path) -> Path:
-    _no_control(str(value))
+    no_control(str(value))
     return value.expanduser()
 
 
@@ -789,7 +818,7 @@ class Config(_Model):
             listens.append((i, listen))
         return self
 
-    def group(self, name: str) -> ProcessGroup | DockerGroup | LibvirtGroup | OpenstackGroup:
+    def group(self, name: str) -> ProcessGroup | DockerGroup | LibvirtGroup | OpenstackGroup | SwarmGroup:
         """The group called `name`; KeyError if there is none."""
         for g in self.groups:
             if g.name == name:

@@ -12,13 +12,14 @@ from tierscale.config.models import GroupBase
 from tierscale.config.revision import template_revision
 from tierscale.config.rollout import RolloutSpec
 from tierscale.config.to_policy import hpa_params, predictive_params, schedule_entries, threshold_params
+from tierscale.policy.placement import PlacementParams
 from tierscale.policy.predictive import PredictiveParams
 from tierscale.policy.scale_to_zero import ScaleToZeroParams
 from tierscale.policy.schedule import ScheduleEntry
 from tierscale.policy.strategy import PolicyPlan, make_strategy
 from tierscale.policy.types import HpaParams, ThresholdParams
 
-__all__ = ["GroupSettings", "HoldSpec", "MetricSpec", "settings_for"]
+__all__ = ["GroupSettings", "HoldSpec", "MetricSpec", "placement_params", "settings_for"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,8 @@ class GroupSettings:
     revision: str = ""  # the template revision new replicas are made from
     rollout: RolloutSpec = field(default_factory=RolloutSpec)
     scale_to_zero: HoldSpec | None = None
+    placement: PlacementParams = field(default_factory=PlacementParams)
+    host_timeout: float = 30.0  # a host unreachable this long has its replicas replaced elsewhere
 
     @cached_property
     def plan(self) -> PolicyPlan:
@@ -128,4 +131,17 @@ def settings_for(group: GroupBase) -> GroupSettings:
         scale_to_zero=None
         if z is None
         else HoldSpec(z.idle_after, z.hold_timeout, z.max_pending, z.replica_concurrency),
+        placement=placement_params(group),
+        host_timeout=group.host_timeout,
+    )
+
+
+def placement_params(group: GroupBase) -> PlacementParams:
+    p = group.placement
+    return PlacementParams(
+        strategy=p.strategy,
+        max_per_host=p.max_per_host,
+        ram_allocation_ratio=p.ram_allocation_ratio,
+        cpu_allocation_ratio=p.cpu_allocation_ratio,
+        reserved_memory=p.reserved_host_memory,
     )

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tierscale.config.revision import template_revision
+from tierscale.policy.placement import Demand
 from tierscale.providers.base import (
     Capability,
     CreateRejected,
     EventSink,
+    HostInfo,
     Listing,
     Provider,
     ProviderError,
@@ -22,6 +25,7 @@ from tierscale.providers.base import (
     TierUnavailable,
     no_events,
 )
+from tierscale.providers.fleet import Fleet, HostProvider
 
 if TYPE_CHECKING:
     from tierscale.config.models import Group
@@ -30,6 +34,8 @@ __all__ = [
     "Capability",
     "CreateRejected",
     "EventSink",
+    "Fleet",
+    "HostInfo",
     "Listing",
     "Provider",
     "ProviderError",
@@ -44,10 +50,16 @@ __all__ = [
 ]
 
 
+def _fleet(group: Group, members: Mapping[str, HostProvider], demand: Demand) -> Fleet:
+    from tierscale.config.settings import placement_params
+
+    return Fleet(members, placement_params(group), demand)
+
+
 def make_provider(group: Group, state_dir: Path, events: EventSink = no_events) -> Provider:
     """Build the provider for a validated group config; every replica it makes carries the revision of
     the group's template, and what it wants on the record goes to `events`."""
-    from tierscale.config.models import DockerGroup, LibvirtGroup, OpenstackGroup, ProcessGroup
+    from tierscale.config.models import DockerGroup, LibvirtGroup, OpenstackGroup, ProcessGroup, SwarmGroup
 
     revision = template_revision(group.template)
     if isinstance(group, ProcessGroup):
@@ -74,18 +86,28 @@ def make_provider(group: Group, state_dir: Path, events: EventSink = no_events) 
         from tierscale.providers.docker import DockerProvider
 
         d = group.template
-        return DockerProvider(
-            group.name,
-            d.image,
-            port=d.port,
-            env=d.env,
-            cpus=d.cpus,
-            memory=d.memory,
-            command=d.command,
-            host=d.host,
-            revision=revision,
-            events=events,
-        )
+
+        def engine(url: str | None) -> DockerProvider:
+            return DockerProvider(
+                group.name,
+                d.image,
+                port=d.port,
+                env=d.env,
+                cpus=d.cpus,
+                memory=d.memory,
+                command=d.command,
+                host=url,
+                revision=revision,
+                events=events,
+            )
+
+        if d.hosts is None:
+            return engine(d.host)
+        return _fleet(group, {url: engine(url) for url in d.hosts}, Demand(d.cpus, d.memory))
+    if isinstance(group, SwarmGroup):
+        from tierscale.providers.swarm import SwarmProvider
+
+        return SwarmProvider(group.name, group.template, revision=revision, events=events)
     if isinstance(group, OpenstackGroup):
         from tierscale.providers.openstack import OpenstackProvider
 
@@ -102,5 +124,17 @@ def make_provider(group: Group, state_dir: Path, events: EventSink = no_events) 
                 f"groups[{group.name}].tier: libvirt needs libvirt-python ({exc}): "
                 "pip install 'tierscale[libvirt]'"
             ) from None
-        return make_libvirt_provider(group, revision=revision, events=events)
+        t = group.template
+        if t.uris is None:
+            return make_libvirt_provider(group, revision=revision, events=events)
+        members = {
+            uri: make_libvirt_provider(
+                group.model_copy(update={"template": t.model_copy(update={"uri": uri, "uris": None})}),
+                revision=revision,
+                events=events,
+            )
+            for uri in t.uris
+        }
+        # Nova counts a guest's vcpus against the host's cpus x cpu_allocation_ratio, and so do we.
+        return _fleet(group, members, Demand(float(t.vcpus), t.memory))
     raise ProviderError(f"groups[{group.name}].tier: the {group.tier} tier is not implemented yet")

@@ -26,6 +26,8 @@ class Capability(StrEnum):
     """Optional provider features the controller may rely on when, and only when, they are listed."""
 
     CONSOLE = "console"  # console_output(replica) -> str: readiness from the boot log (health type console)
+    HOSTS = "hosts"  # hosts() -> list[HostInfo], set_cordoned(names): the provider places over several hosts
+    COUNT = "count"  # the tier places replicas itself (Swarm): scale_to(n), spec_count(), busy(); no create
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,18 @@ class ReplicaStats:
     cpu_percent: float | None  # utilization of the replica's CPU allotment, 0..100 (can exceed if unlimited)
     cpu_allotment_milli: int  # the allotment the percent refers to
     memory_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    """One host a provider places on, as `hosts()` reports it (capacity from the tier's own API)."""
+
+    name: str  # as `Replica.host` names it: the engine URL, the libvirt URI
+    reachable: bool
+    cpus: float | None = None  # docker info NCPU, virNodeGetInfo cpus; None: not known
+    memory_bytes: int | None = None  # docker info MemTotal, virNodeGetInfo memory
+    free_memory_bytes: int | None = None  # virNodeGetFreeMemory where the tier says it; None: not known
+    error: str | None = None  # why it is not reachable
 
 
 class Listing(list[Replica]):

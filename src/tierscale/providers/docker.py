@@ -41,6 +41,7 @@ from tierscale.providers.base import (
     Capability,
     CreateRejected,
     EventSink,
+    HostInfo,
     Listing,
     NoConsole,
     ProviderError,
@@ -587,6 +588,16 @@ class DockerProvider(NoConsole):
         if isinstance(data, DockerData) and data.cpus:
             return data.cpus
         return self.cpus or 1.0
+
+    def host_info(self) -> HostInfo:
+        """The engine's CPUs and memory, as `docker info` reports them (NCPU, MemTotal)."""
+        info = self._retry_once("reading the engine's info", lambda: self.client().info())
+        return HostInfo(
+            self.engine,
+            True,
+            cpus=float(info.get("NCPU") or 0) or None,
+            memory_bytes=int(info.get("MemTotal") or 0) or None,
+        )
 
     def close(self) -> None:
         if self._streams is not None:

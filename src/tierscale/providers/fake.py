@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from tierscale.providers.base import (
     Capability,
     CreateRejected,
+    HostInfo,
     Listing,
     ProviderError,
     Replica,
@@ -27,6 +28,8 @@ from tierscale.providers.base import (
     TierState,
     TierUnavailable,
 )
+
+HANG_LIMIT = 30.0  # real seconds a hung fake call waits at most (a broken test fails, it does not hang)
 
 
 @dataclass
@@ -50,6 +53,8 @@ class FakeProvider:
         capabilities: Iterable[Capability] = (),
         cpu_percent: float | None = 50.0,
         healthy_on_create: bool = True,
+        host_cpus: float | None = None,
+        host_memory: int | None = None,
     ) -> None:
         self.group = group
         self.revision = revision
@@ -70,6 +75,10 @@ class FakeProvider:
         self._place = itertools.cycle(self.hosts)
         self.closed = False
         self.bad_revisions: set[str] = set()  # replicas of these revisions never turn healthy
+        self.host_cpus, self.host_memory = host_cpus, host_memory  # what host_info says
+        self.hang: threading.Event | None = (
+            None  # set to an unset Event: every call waits on it (a hung host)
+        )
 
     def for_revision(self, revision: str) -> FakeProvider:
         """The same fake tier, making replicas of another template revision (what a rollout switches to)."""
@@ -134,8 +143,19 @@ class FakeProvider:
     def close(self) -> None:
         self.closed = True
 
+    def host_info(self) -> HostInfo:
+        """The first host's capacity, as a one-host member of a `Fleet` reports it."""
+        self._enter("host_info")
+        down = self.hosts[0] in self.unreachable
+        if down:
+            raise TierUnavailable(f"fake: host {self.hosts[0]} is unreachable")
+        return HostInfo(self.hosts[0], True, self.host_cpus, self.host_memory)
+
     # ---- internals
     def _enter(self, op: str) -> None:
+        hang = self.hang
+        if hang is not None:
+            hang.wait(HANG_LIMIT)
         if self.latency:
             time.sleep(self.latency)
         with self._lock:

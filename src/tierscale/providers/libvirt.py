@@ -50,6 +50,7 @@ from tierscale.providers.base import (
     Capability,
     CreateRejected,
     EventSink,
+    HostInfo,
     Listing,
     NoConsole,
     ProviderError,
@@ -364,6 +365,21 @@ class LibvirtProvider(NoConsole):
                 memory_bytes=int(rss_kib) * 1024 if rss_kib else None,
             )
         return out
+
+    def host_info(self) -> HostInfo:
+        """The hypervisor's CPUs and memory (virNodeGetInfo) and its free memory (virNodeGetFreeMemory)."""
+
+        def read(conn: libvirt.virConnect) -> HostInfo:
+            info = conn.getInfo()  # [model, memory MiB, cpus, mhz, nodes, sockets, cores, threads]
+            return HostInfo(
+                self.host,
+                True,
+                cpus=float(info[2]),
+                memory_bytes=int(info[1]) * 1024**2,
+                free_memory_bytes=int(conn.getFreeMemory()),
+            )
+
+        return self.conn.call("reading the hypervisor's capacity", read)
 
     def retire(self) -> None:
         """Replaced by a provider of the same group (a rollout to another revision): stop the warm pool
