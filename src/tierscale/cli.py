@@ -235,6 +235,38 @@ def resume(group: str, api: str | None, config: str | None) -> None:
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True)
+@_api_options
+def hosts(as_json: bool, api: str | None, config: str | None) -> None:
+    """Every host the groups place on: reachable, capacity, replicas per group, cordoned or draining."""
+    from tierscale.views import format_hosts
+
+    rows = _api_call(api, config, "/api/hosts", method="GET")["hosts"]
+    click.echo(json.dumps(rows) if as_json else format_hosts(rows))
+
+
+def _host_action(action: str, doc: str) -> None:
+    @main.command(action, help=doc)
+    @click.argument("host")
+    @_api_options
+    def command(host: str, api: str | None, config: str | None) -> None:
+        from urllib.parse import quote
+
+        from tierscale.views import format_hosts
+
+        row = _api_call(api, config, f"/api/hosts/{quote(host, safe='')}/{action}")
+        click.echo(format_hosts([row]))
+
+
+for _action, _doc in (
+    ("cordon", "Place no new replica on HOST (its URL, or host[:port]); its replicas stay."),
+    ("uncordon", "Let HOST take replicas again (ends a cordon or a drain)."),
+    ("drain", "Cordon HOST and move its replicas to the other hosts, one at a time, with no failed request."),
+):
+    _host_action(_action, _doc)
+
+
+@main.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--api", "api", metavar="URL", help="The controller's API. Default: api.listen of FILE.")
 def apply(file: str, api: str | None) -> None:

@@ -23,6 +23,7 @@ STATE_STYLE = {
     "provisioning": "yellow",
     "draining": "magenta",
     "unhealthy": "red",
+    "unreachable": "yellow",
     "failed": "red",
 }
 KIND_STYLE = {
@@ -312,3 +313,34 @@ def format_history(rows: list[dict[str, Any]]) -> str:
         ts, kind, text = _history_line(r, with_date)
         lines.append(f"{ts}  {r['group']:<{gw}}  {kind:<{kw}}  {text}")
     return "\n".join(lines)
+
+
+def format_hosts(rows: list[dict[str, Any]]) -> str:
+    """`tierscale hosts`: one aligned line per host."""
+    if not rows:
+        return "no group places replicas on a list of hosts (`hosts:` / `uris:` in a template)"
+
+    def capacity(r: dict[str, Any]) -> str:
+        cpus = f"{r['cpus']:g} cpu" if r.get("cpus") is not None else "? cpu"
+        mem = f"{r['memory_bytes'] / 1024**3:.1f} GiB" if r.get("memory_bytes") is not None else "? GiB"
+        free = r.get("free_memory_bytes")
+        return f"{cpus}, {mem}" + (f" ({free / 1024**3:.1f} free)" if free is not None else "")
+
+    table = [
+        (
+            r["host"],
+            "yes" if r["reachable"] else "NO",
+            capacity(r),
+            ", ".join(f"{g}={n}" for g, n in sorted(r["replicas"].items())) or "-",
+            r.get("mark") or "-",
+            r.get("error") or "",
+        )
+        for r in rows
+    ]
+    head = ("HOST", "REACHABLE", "CAPACITY", "REPLICAS", "MARK", "")
+    widths = [max(len(row[i]) for row in [head, *table]) for i in range(5)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row[:5], widths, strict=True)).rstrip()
+        + (f"  {row[5]}" if row[5] else "")
+        for row in [head, *table]
+    )

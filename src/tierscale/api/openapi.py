@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from tierscale import __version__
+from tierscale.controller.host_view import HostRow
 from tierscale.controller.status_model import GroupStatus
 
 GROUP_NAME = {"type": "string", "pattern": "^[a-z0-9-]{1,40}$"}
@@ -230,11 +231,59 @@ SCHEMAS["ConfigApplied"] = {
 }
 
 
+HOST_PARAM = {
+    "name": "host",
+    "in": "path",
+    "required": True,
+    "description": "The host's URL as the config names it, percent-encoded, or its host[:port] when that "
+    "names one host.",
+    "schema": {"type": "string"},
+}
+
+
+def _host_action(summary: str, description: str) -> dict[str, Any]:
+    op = _mutation(summary, description, _ref("Empty"), False)
+    op["parameters"] = [HOST_PARAM]
+    op["responses"]["200"] = _json(_ref("HostRow"), "The host after the change.")
+    op["responses"]["404"] = _error("No group places on this host, or the name matches several hosts.")
+    return op
+
+
+def _host_paths() -> dict[str, Any]:
+    return {
+        "/api/hosts": {
+            "get": {
+                "summary": "Every host the groups place on: reachable, capacity, replicas, cordon/drain mark",
+                "responses": {"200": _json(_ref("HostList"), "Hosts, by name.")},
+            }
+        },
+        "/api/hosts/{host}/cordon": {
+            "post": _host_action("Cordon a host", "No new replica is placed on it; its replicas stay.")
+        },
+        "/api/hosts/{host}/uncordon": {
+            "post": _host_action("Uncordon a host", "Ends a cordon or a drain: it takes replicas again.")
+        },
+        "/api/hosts/{host}/drain": {
+            "post": _host_action(
+                "Drain a host",
+                "Cordons it and moves its replicas to the other hosts one at a time, each replacement "
+                "ready before the replica it replaces leaves the balancer.",
+            )
+        },
+    }
+
+
 def _model_schemas() -> dict[str, Any]:
     """The status bodies' schemas, generated from the models the controller fills."""
     schema = GroupStatus.model_json_schema(ref_template="#/components/schemas/{model}")
     defs = schema.pop("$defs", {})
-    return {**defs, "GroupStatus": schema}
+    host = HostRow.model_json_schema(ref_template="#/components/schemas/{model}")
+    host_list = {
+        "type": "object",
+        "required": ["hosts"],
+        "properties": {"hosts": {"type": "array", "items": _ref("HostRow")}},
+    }
+    return {**defs, "GroupStatus": schema, "HostRow": host, "HostList": host_list}
 
 
 SCHEMAS.update(_model_schemas())
@@ -412,5 +461,6 @@ def openapi_document() -> dict[str, Any]:
                 "post": _rollout_action("Undo", "Roll back to the revision before the current one.")
             },
             "/api/config": {"post": APPLY},
+            **_host_paths(),
         },
     }

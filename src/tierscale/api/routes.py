@@ -23,6 +23,8 @@ from tierscale.api.series import WINDOW, GroupSeries
 from tierscale.api.static import Asset, load_assets
 from tierscale.balancer.base import BalancerError
 from tierscale.config.loader import ConfigError, load_config_text
+from tierscale.controller.host_book import HostError
+from tierscale.controller.host_view import HOST_ACTIONS
 from tierscale.controller.live_config import ApplyError
 from tierscale.controller.locks import ControllerError
 from tierscale.controller.rollout import RolloutError
@@ -103,6 +105,9 @@ class Routes:
         for action in ROLLOUT_ACTIONS:  # one route each, as the OpenAPI document lists them
             r.add_post(f"/api/groups/{{name}}/rollout/{action}", self.rollout_action)
         r.add_post("/api/config", self.apply_config)
+        r.add_get("/api/hosts", self.hosts)
+        for action in HOST_ACTIONS:
+            r.add_post(f"/api/hosts/{{host}}/{action}", self.host_action)
 
     # ------------------------------------------------------------------ helpers
     def _group(self, request: web.Request) -> GroupHandle:
@@ -278,3 +283,19 @@ class Routes:
             # ProviderError: a new group's tier cannot be built (a cloud not in clouds.yaml, ...).
             raise ApiError(409, str(exc), "config") from None
         return _json({"applied": True, **change.summary()})
+
+    # ------------------------------------------------------------------ hosts
+    async def hosts(self, request: web.Request) -> web.Response:
+        return _json({"hosts": [row.model_dump(mode="json") for row in self.controller.hosts()]})
+
+    async def host_action(self, request: web.Request) -> web.Response:
+        """`{host}` is the host's URL percent-encoded, or its host[:port] when that names one host."""
+        self.auth.check(request)
+        host = request.match_info["host"]
+        action = request.path.rsplit("/", 1)[-1]  # one of HOST_ACTIONS: only those routes exist
+        await self._json_object(request, ())
+        try:
+            row = self.controller.host_action(host, action)
+        except HostError as exc:
+            raise ApiError(404, str(exc), "host") from None
+        return _json(row.model_dump(mode="json"))

@@ -13,6 +13,7 @@ from tierscale.balancer.holder import Holder
 from tierscale.config.settings import GroupSettings
 from tierscale.controller.clock import Clock
 from tierscale.controller.health import HealthTracker
+from tierscale.controller.host_book import HostBook
 from tierscale.controller.state import GroupRuntime, ReplicaState, replica_state
 from tierscale.controller.telemetry import Telemetry
 from tierscale.eventstore import EventStore
@@ -36,6 +37,7 @@ class GroupContext:
     wake: asyncio.Event = field(default_factory=asyncio.Event)  # a pass should run now
     probe_soon: asyncio.Event = field(default_factory=asyncio.Event)  # a health round should run now
     holder: Holder | None = None  # scale_to_zero: where requests wait while no replica is ready
+    hosts: HostBook | None = None  # cordons and drains, shared by every group of the controller
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -93,16 +95,29 @@ class GroupContext:
 
     # ---- views of the replicas
     def active(self) -> list[Replica]:
-        """Replicas that count toward the group: not leaving, not failed, not condemned."""
+        """Replicas that count toward the group: not leaving, not failed, not condemned. One on a host
+        that does not answer counts as it was last seen until the host is lost (host_timeout)."""
         rt = self.rt
-        return [
-            r
-            for r in rt.replicas.values()
-            if r.id not in rt.draining and r.state != "failed" and not self.health.is_unhealthy(r.id)
-        ]
+        out = []
+        for r in rt.replicas.values():
+            if r.id in rt.draining or r.host in rt.lost_hosts:
+                continue
+            if r.host in rt.unreachable_hosts or (r.state != "failed" and not self.health.is_unhealthy(r.id)):
+                out.append(r)
+        return out
+
+    def reachable(self, r: Replica) -> bool:
+        return r.host not in self.rt.unreachable_hosts
 
     def ready_backends(self) -> tuple[str, ...]:
-        return tuple(sorted(r.address for r in self.active() if r.address and self.health.is_ready(r.id)))
+        # A replica on a host that does not answer leaves the balancer at once, long before it is replaced.
+        return tuple(
+            sorted(
+                r.address
+                for r in self.active()
+                if r.address and self.health.is_ready(r.id) and self.reachable(r)
+            )
+        )
 
     def serving(self) -> frozenset[str] | None:
         """Addresses that really get traffic (what the balancer was last told); None without a balancer."""
@@ -111,4 +126,4 @@ class GroupContext:
         return frozenset(self.rt.backends or ())
 
     def state_of(self, r: Replica) -> ReplicaState:
-        return replica_state(r, self.health, r.id in self.rt.draining, self.serving())
+        return replica_state(r, self.health, r.id in self.rt.draining, self.serving(), not self.reachable(r))

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from prometheus_client import CollectorRegistry
 
 from tierscale.controller.group import GroupController
+from tierscale.controller.host_book import HostBook
+from tierscale.controller.host_view import HostRow, host_action, host_rows
 from tierscale.controller.status_model import GroupStatus, RolloutView
 from tierscale.eventstore import Event, EventStore, history_rows
 
@@ -94,12 +96,14 @@ class ControllerHandle:
         store: EventStore,
         registry: CollectorRegistry,
         controller: Applier | None = None,
+        hosts: HostBook | None = None,
     ) -> None:
         self._groups = groups  # the controller's own dict: `apply` adds and removes groups in it
         self._handles: dict[int, GroupHandle] = {}
         self._store = store
         self.registry = registry
         self._controller = controller
+        self._hosts = hosts or HostBook(store)
 
     @property
     def groups(self) -> dict[str, GroupHandle]:
@@ -127,3 +131,10 @@ class ControllerHandle:
 
     def history(self, group: str | None, since: float | None, limit: int) -> list[dict[str, Any]]:
         return history_rows(self._store, group, since, limit)
+
+    def hosts(self) -> list[HostRow]:
+        return host_rows(self._groups, self._hosts)
+
+    def host_action(self, host: str, action: str) -> HostRow:
+        """cordon | uncordon | drain; HostError when `host` names no host of any group."""
+        return host_action(self._groups, self._hosts, host, action)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from tierscale.balancer.accesslog import AccessLogReader
 from tierscale.controller.context import GroupContext
+from tierscale.controller.hosts import track_hosts
 from tierscale.controller.state import policy_phase, replica_state
 from tierscale.metrics.base import MetricSource, Observation, Traffic
 from tierscale.policy.types import GroupSnapshot, ReplicaStatus
@@ -74,6 +75,7 @@ class Observer:
                 ctx.health.forget(rid)
                 rt.draining.discard(rid)
         rt.replicas = seen
+        track_hosts(ctx, listed)
         for r in listed:
             if r.id not in rt.deleted:
                 ctx.health.track(r.id, r.created_at)
@@ -119,7 +121,7 @@ class Observer:
         ctx = self.ctx
         st = ctx.health.states.get(r.id)
         stats = ctx.rt.stats.get(r.id)
-        state = replica_state(r, ctx.health, r.id in ctx.rt.draining, serving)
+        state = replica_state(r, ctx.health, r.id in ctx.rt.draining, serving, not ctx.reachable(r))
         return ReplicaStatus(
             id=r.id,
             phase=policy_phase(state, r),

@@ -74,7 +74,11 @@ class HealthRounds:
         ctx = self.ctx
         console = ctx.s.health_type == "console"
         # Console readiness needs no address: the log is read through the tier's API.
-        targets = [r for r in ctx.active() if (r.address or console) and r.state == "running"]
+        # A replica whose host does not answer keeps the health it had: a cut link would otherwise
+        # condemn it (and replace it) before host_timeout says the host is lost.
+        targets = [
+            r for r in ctx.active() if (r.address or console) and r.state == "running" and ctx.reachable(r)
+        ]
         if not targets:
             return
         results = await asyncio.gather(*(self._probe(r) for r in targets))

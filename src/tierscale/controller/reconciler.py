@@ -10,11 +10,13 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import replace
 
 from tierscale.controller.context import GroupContext
+from tierscale.controller.hosts import drain_members, removal_order
 from tierscale.controller.rollout import Rollouts
-from tierscale.controller.rollout_plan import RolloutPlan, plan
-from tierscale.providers.base import ProviderError, Replica, ReplicaGone, ReplicaStats
+from tierscale.controller.rollout_plan import RolloutInput, RolloutPlan, plan
+from tierscale.providers.base import Capability, ProviderError, Replica, ReplicaGone, ReplicaStats
 
 log = logging.getLogger("tierscale.controller")
 
@@ -45,6 +47,7 @@ class Reconciler:
         self.ctx = ctx
         self.rebalance = rebalance  # takes a leaving replica out of the balancer before it is drained
         self.rollouts = rollouts
+        self._drained: set[str] = set()  # draining hosts this group has emptied (host_drained told once)
 
     def reap_failed(self) -> None:
         """Replicas that exited or were condemned by health checks are removed; `converge` replaces them."""
@@ -52,7 +55,7 @@ class Reconciler:
         if ctx.dry_run:
             return
         for r in list(rt.replicas.values()):
-            if r.id in rt.draining:
+            if r.id in rt.draining or not ctx.reachable(r):  # a delete there would only hang
                 continue
             if r.state == "failed":
                 ctx.tm.replacements.labels(ctx.s.name, "exited").inc()
@@ -72,7 +75,13 @@ class Reconciler:
         ready = {r.id for r in active if ctx.health.is_ready(r.id)}
         ordered = victim_order(active, ready, rt.stats, ctx.s.scale_in_order)
         now = ctx.clock.now()
-        p = plan(self.rollouts.input(rt.desired or 0, self.rollouts.members(ordered, now), rt.creating))
+        if Capability.HOSTS in ctx.provider.capabilities:
+            ordered = removal_order(ctx, ordered, ctx.s.placement.strategy)
+        members = self.rollouts.members(ordered, now)
+        inp = self.rollouts.input(rt.desired or 0, members, rt.creating)
+        if Capability.HOSTS in ctx.provider.capabilities:
+            inp = self._drain_input(inp)
+        p = plan(inp)
         if p.create and now >= rt.create_backoff.not_before:
             for _ in range(p.create):
                 rt.creating += 1
@@ -82,6 +91,30 @@ class Reconciler:
             rt.draining.add(rid)
             ctx.spawn(self.delete(victim, drain=True))
         return p
+
+    def _drain_input(self, inp: RolloutInput) -> RolloutInput:
+        """Tell the fleet which hosts are closed, and hand a draining host's replicas to the rollout rule.
+
+        Without a rollout of its own the drain goes one replica at a time (surge 1, unavailable 0): a
+        replacement elsewhere is ready before a drained replica leaves."""
+        ctx, rt = self.ctx, self.ctx.rt
+        book = ctx.hosts
+        closed = book.closed() if book else frozenset()
+        draining = book.draining() if book else frozenset()
+        set_cordoned = getattr(ctx.provider, "set_cordoned", None)
+        if set_cordoned is not None:
+            set_cordoned(closed)
+        for host in draining - self._drained:
+            if not any(r.host == host for r in rt.replicas.values()):
+                self._drained.add(host)
+                ctx.event("host_drained", f"host {host} holds none of the group's replicas", host=host)
+        self._drained &= draining
+        members = drain_members(list(inp.members), rt.replicas, draining)
+        if members == list(inp.members):
+            return inp
+        if self.rollouts.rec.state == "complete":
+            return replace(inp, members=members, surge=1, unavailable=0, canary=0, hold=False)
+        return replace(inp, members=members)
 
     async def create(self) -> None:
         ctx, rt = self.ctx, self.ctx.rt

@@ -24,6 +24,7 @@ from tierscale.config.settings import settings_for
 from tierscale.controller.clock import Clock, WallClock
 from tierscale.controller.group import GroupController
 from tierscale.controller.handle import ControllerHandle
+from tierscale.controller.host_book import HostBook
 from tierscale.controller.live_config import ConfigDiff, diff
 from tierscale.controller.locks import group_dir, group_lock
 from tierscale.controller.prober import Prober
@@ -69,6 +70,7 @@ class Controller:
         self.state_dir = Path(config.state_dir)
         make_private_dir(self.state_dir)
         self.store = EventStore(self.state_dir / "events.db")
+        self.hosts = HostBook(self.store)
         self.clock = clock or WallClock()
         self.telemetry = telemetry or Telemetry()
         self.dry_run = dry_run
@@ -105,12 +107,13 @@ class Controller:
             templates=templates,
         )
         sink.append(gc.ctx.provider_event)
+        gc.ctx.hosts = self.hosts
         self.templates[g.name] = templates
         self.telemetry.init_group(g.name, g.tier)
         return gc
 
     def handle(self) -> ControllerHandle:
-        return ControllerHandle(self.groups, self.store, self.telemetry.registry, self)
+        return ControllerHandle(self.groups, self.store, self.telemetry.registry, self, self.hosts)
 
     def _lock(self, name: str) -> None:
         if name in self._locks:  # taken already (by `apply` before `run`): a second flock would refuse it

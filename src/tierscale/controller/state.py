@@ -24,18 +24,26 @@ class ReplicaState(StrEnum):
     UNHEALTHY = "unhealthy"  # condemned by health checks: taken out and replaced, never readmitted
     FAILED = "failed"  # the tier reports it exited or broke
     STOPPED = "stopped"  # the tier reports it stopped (not by us)
+    UNREACHABLE = "unreachable"  # its host does not answer: out of the balancer, replaced after host_timeout
 
 
 STATES: tuple[str, ...] = tuple(s.value for s in ReplicaState)
 
 
 def replica_state(
-    r: Replica, health: HealthTracker, draining: bool, serving: frozenset[str] | None
+    r: Replica,
+    health: HealthTracker,
+    draining: bool,
+    serving: frozenset[str] | None,
+    unreachable: bool = False,
 ) -> ReplicaState:
     """`serving`: the addresses the balancer was last told; None when the group has no balancer (then
-    healthy is ready: a console-checked server may have no address at all)."""
+    healthy is ready: a console-checked server may have no address at all). `unreachable`: its host
+    did not answer the last listing."""
     if draining:
         return ReplicaState.DRAINING
+    if unreachable:
+        return ReplicaState.UNREACHABLE
     if health.is_unhealthy(r.id):
         return ReplicaState.UNHEALTHY
     if r.state == "running":
@@ -49,7 +57,7 @@ def policy_phase(state: ReplicaState, r: Replica) -> Phase:
     """The HPA's pod phase for a replica: provisioning = Pending, leaving = deleted."""
     if state is ReplicaState.DRAINING:
         return "deleted"
-    if state in (ReplicaState.FAILED, ReplicaState.UNHEALTHY):
+    if state in (ReplicaState.FAILED, ReplicaState.UNHEALTHY, ReplicaState.UNREACHABLE):
         return "failed"
     if state is ReplicaState.PROVISIONING or r.address is None:
         return "pending"
@@ -93,6 +101,9 @@ class GroupRuntime:
     provider_ok: bool = True
     last_error: str | None = None
     unreachable_hosts: frozenset[str] = frozenset()  # hosts the last listing could not see
+    unreachable_since: dict[str, float] = field(default_factory=dict)  # host -> first listing it missed
+    lost_hosts: frozenset[str] = frozenset()  # unreachable for host_timeout: their replicas are replaced
+    returned: set[str] = field(default_factory=set)  # replicas back from a lost host: surplus, leave first
     deleted: set[str] = field(default_factory=set)  # deleted by us; a listing in flight may still show them
     adopted: set[str] = field(default_factory=set)  # found at start: their age is not a provision time
     create_backoff: Backoff = field(default_factory=Backoff)

@@ -48,7 +48,7 @@ def group_status(ctx: GroupContext, traffic_log: AccessLogReader | None) -> Grou
             ReplicaView(
                 id=r.id,
                 address=r.address,
-                state=replica_state(r, ctx.health, r.id in rt.draining, serving),
+                state=replica_state(r, ctx.health, r.id in rt.draining, serving, not ctx.reachable(r)),
                 health="ok" if st and st.ready else (st.last_error if st and st.last_error else "pending"),
                 cpu=round(stats.cpu_percent, 1) if stats and stats.cpu_percent is not None else None,
                 memory_bytes=stats.memory_bytes if stats else None,

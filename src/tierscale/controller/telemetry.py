@@ -10,7 +10,7 @@ from tierscale.controller.state import STATES
 
 # The label values the controller uses: listed here so every series exists from the start.
 REPLICA_STATES = STATES
-REPLACEMENT_REASONS = ("exited", "unhealthy", "vanished")
+REPLACEMENT_REASONS = ("exited", "unhealthy", "vanished", "host_lost")
 ROLLOUT_RESULTS = ("complete", "failed", "rolled_back", "undone")
 
 
