@@ -214,8 +214,12 @@ def _wait_answering(engine: NamespacedDockerd, proc: subprocess.Popen[bytes], ti
         if proc.poll() is not None:
             tail = engine.log.read_text(errors="replace")[-2000:] if engine.log.exists() else ""
             raise DockerdError(f"dockerd exited with {proc.returncode} while starting:\n{tail}")
-        if engine.socket.exists() and engine.docker("version", timeout=10, check=False).returncode == 0:
-            return
+        if engine.socket.exists():
+            try:
+                if engine.docker("version", timeout=10, check=False).returncode == 0:
+                    return
+            except subprocess.TimeoutExpired:
+                pass  # the socket is there but the engine is still starting up: ask again
         if time.monotonic() > deadline:
             raise DockerdError(
                 f"dockerd did not answer on {engine.socket} within {timeout:g}s (see {engine.log})"

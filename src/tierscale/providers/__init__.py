@@ -53,7 +53,10 @@ __all__ = [
 def _fleet(group: Group, members: Mapping[str, HostProvider], demand: Demand) -> Fleet:
     from tierscale.config.settings import placement_params
 
-    return Fleet(members, placement_params(group), demand)
+    # A host that cannot list within one sync period (1-5 s) counts as not answering for that pass: the
+    # group goes on with the others, and host_timeout runs from there.
+    list_timeout = min(5.0, max(1.0, group.sync_period))
+    return Fleet(members, placement_params(group), demand, list_timeout=list_timeout)
 
 
 def make_provider(group: Group, state_dir: Path, events: EventSink = no_events) -> Provider:

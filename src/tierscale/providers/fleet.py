@@ -146,7 +146,7 @@ class Fleet:
                 unreachable[name] = str(exc)
                 continue
             if info is not None:
-                self._info[name] = info
+                self._info[name] = dataclasses.replace(info, name=name)
                 self._info_at[name] = now
             for r in listed:
                 # Deletes and stats are routed by this name: stamp it even on replicas an older
