@@ -379,15 +379,22 @@ def test_rollout_to_a_new_flavor_then_one_no_host_takes_is_rolled_back(
             assert change.new_revision == (name,)
             target = bg.status(name)["rollout"]["target"]
 
+            seen: list[Any] = []
+
             def on(revision: str) -> bool:
                 st = bg.status(name)
+                seen[:] = [st["rollout"], [(r["id"], r["revision"], r["state"]) for r in st["replicas"]]]
                 return (
                     st["rollout"]["state"] == "complete"
                     and len(st["replicas"]) == 2
                     and all(r["revision"] == revision and r["state"] == "ready" for r in st["replicas"])
                 )
 
-            wait_for(lambda: on(target), 120, what="every server on the new flavor")
+            try:
+                wait_for(lambda: on(target), 120, what="every server on the new flavor")
+            except AssertionError as exc:
+                timeline = [(e.kind, e.message) for e in events(state_dir, name)][-25:]
+                raise AssertionError(f"{exc}; {seen}; {timeline}") from None
             servers = nova_replicas(cloud, name)
             assert {s.metadata["tierscale_revision"] for s in servers.values()} == {target}
             flavor = cloud.conn.compute.find_flavor(new_flavor, ignore_missing=False)

@@ -320,14 +320,16 @@ def wait_passes(state_dir: Path, group: str, n: int, *, at_least: float = 0.0, t
 
 
 def workload_processes(port_range: tuple[int, int]) -> list[psutil.Process]:
-    """Live demo-workload processes listening on a port of `port_range` (one test's replicas)."""
+    """Live demo-workload processes for a port of `port_range` (one test's replicas): `-m
+    tierscale.workload --port P`, or a wrapper that names the module in its code and takes the port as
+    its last argument (a replica that sleeps before it starts the workload still counts)."""
     out = []
     for p in psutil.process_iter(["cmdline"]):
         try:
             cmd = p.info.get("cmdline") or []
-            if "tierscale.workload" not in cmd or "--port" not in cmd or p.status() == psutil.STATUS_ZOMBIE:
+            if not any("tierscale.workload" in arg for arg in cmd) or p.status() == psutil.STATUS_ZOMBIE:
                 continue
-            port = int(cmd[cmd.index("--port") + 1])
+            port = int(cmd[cmd.index("--port") + 1] if "--port" in cmd else cmd[-1])
         except (psutil.Error, ValueError, IndexError):
             continue
         if port_range[0] <= port <= port_range[1]:

@@ -20,7 +20,7 @@ __all__ = [
 
 # Typical create-to-healthy seconds per tier (what `tierscale_provision_seconds` shows on the lab's
 # machines): the predictive policy's default horizon, and the simulator's default delay.
-TIER_PROVISIONING_DELAY = {"process": 1.0, "docker": 1.0, "libvirt": 3.0, "openstack": 60.0}
+TIER_PROVISIONING_DELAY = {"process": 1.0, "docker": 1.0, "swarm": 2.0, "libvirt": 3.0, "openstack": 60.0}
 
 
 def scaling_rules(rules: ScalingRulesConfig) -> ScalingRules:

@@ -12,7 +12,7 @@ from tierscale.controller.locks import ControllerError, group_dir, group_lock
 from tierscale.controller.runner import make_balancer
 from tierscale.eventstore import EventStore
 from tierscale.providers import Provider, make_provider
-from tierscale.providers.base import Replica, ReplicaGone
+from tierscale.providers.base import Capability, Replica, ReplicaGone
 
 
 def _delete(provider: Provider, replica: Replica) -> None:
@@ -35,6 +35,16 @@ def down(config: Config) -> list[str]:
                 if balancer is not None:
                     balancer.stop()
                 replicas = provider.list()
+                if Capability.COUNT in provider.capabilities:
+                    # The service is the user's (Swarm's tasks): tierscale lets go of the count, no more.
+                    provider.close()
+                    report.append(
+                        f"{g.name}: the service keeps its {len(replicas)} task(s); balancer stopped"
+                    )
+                    if store is not None:
+                        store.clear_status(g.name)
+                    shutil.rmtree(group_dir(state_dir, g.name), ignore_errors=True)
+                    continue
                 with ThreadPoolExecutor(max_workers=max(1, min(16, len(replicas)))) as pool:
                     list(pool.map(lambda r, p=provider: _delete(p, r), replicas))
                 left = provider.list()

@@ -16,6 +16,7 @@ from tierscale.controller.context import GroupContext
 from tierscale.controller.hosts import drain_members, removal_order
 from tierscale.controller.rollout import Rollouts
 from tierscale.controller.rollout_plan import RolloutInput, RolloutPlan, plan
+from tierscale.controller.service_count import ServiceCount
 from tierscale.providers.base import Capability, ProviderError, Replica, ReplicaGone, ReplicaStats
 
 log = logging.getLogger("tierscale.controller")
@@ -48,11 +49,12 @@ class Reconciler:
         self.rebalance = rebalance  # takes a leaving replica out of the balancer before it is drained
         self.rollouts = rollouts
         self._drained: set[str] = set()  # draining hosts this group has emptied (host_drained told once)
+        self.count = ServiceCount(ctx) if Capability.COUNT in ctx.provider.capabilities else None
 
     def reap_failed(self) -> None:
         """Replicas that exited or were condemned by health checks are removed; `converge` replaces them."""
         ctx, rt = self.ctx, self.ctx.rt
-        if ctx.dry_run:
+        if ctx.dry_run or self.count is not None:  # a counted tier replaces its failed tasks itself
             return
         for r in list(rt.replicas.values()):
             if r.id in rt.draining or not ctx.reachable(r):  # a delete there would only hang
@@ -70,6 +72,8 @@ class Reconciler:
 
     def converge(self) -> RolloutPlan:
         """Create and remove toward `desired`, by the rolling-replacement rule while revisions differ."""
+        if self.count is not None:
+            return self.count.converge()
         ctx, rt = self.ctx, self.ctx.rt
         active = ctx.active()
         ready = {r.id for r in active if ctx.health.is_ready(r.id)}
