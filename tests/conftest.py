@@ -19,6 +19,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers.ci import IN_CI, NGINX, require
+from helpers.groups import e2e_group, libvirtd_lock
 
 __all__ = ["IN_CI", "NGINX", "require"]
 
@@ -31,6 +32,17 @@ def _nginx_present(request: pytest.FixtureRequest) -> None:
     # The unit tier needs none: `CI=true make unit` runs without it.
     if NGINX is None and IN_CI and UNIT not in request.path.parents:
         pytest.fail("nginx is required in CI: run scripts/setup-host.sh", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _libvirtd_shared(request: pytest.FixtureRequest) -> Iterator[None]:
+    # A vm test's domains and libvirtd restarts must not meet the cloud's switch to real guests
+    # (tests/helpers/groups.py); the unit tier and the other groups never wait on it.
+    if UNIT in request.path.parents or e2e_group(request.node.nodeid) != "vm":
+        yield
+        return
+    with libvirtd_lock():
+        yield
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from helpers.e2e import free_port, wait_for
+from helpers.groups import libvirtd_lock
 from helpers.openstack_testcloud import (
     LIBVIRT_DRIVER,
     CloudUnderTest,
@@ -31,10 +32,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore::PendingDeprec
 
 @pytest.fixture(scope="module")
 def guest_cloud() -> Iterator[CloudUnderTest]:
-    tc = cloud_under_test()
-    ensure_compute_driver(tc, LIBVIRT_DRIVER)
-    yield tc
-    sweep_session_servers()
+    # No vm test runs meanwhile: nova-compute's libvirt driver does not start next to their domains,
+    # and one of them restarts libvirtd (tests/helpers/groups.py).
+    with libvirtd_lock(exclusive=True):
+        tc = cloud_under_test()
+        ensure_compute_driver(tc, LIBVIRT_DRIVER)
+        yield tc
+        sweep_session_servers()
 
 
 # The driver switch (first time: pip-building libvirt-python and the guest image) runs in the fixture.
