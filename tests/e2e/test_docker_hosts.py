@@ -26,13 +26,12 @@ from typing import Any
 import docker
 import pytest
 
-from helpers.ci import require
-from helpers.dockerd import Bridge, NamespacedDockerd, namespaced_dockerd, shared_bridge
+from helpers.dockerd import Bridge, NamespacedDockerd, demo_image_built, namespaced_dockerd, shared_bridge
 from helpers.e2e import events, failed_message, group_config, nginx_processes, run_tierscale, wait_for
 from tierscale.controller.down import down
 from tierscale.loadgen import LoadRunner
 from tierscale.providers.docker import LABEL_GROUP
-from tierscale.providers.docker_image import DEMO_IMAGE, build_demo_image
+from tierscale.providers.docker_image import DEMO_IMAGE
 from tierscale.service import BackgroundController
 
 pytestmark = pytest.mark.e2e
@@ -63,14 +62,7 @@ class Fleet3:
 
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[Fleet3]:
-    try:
-        local = docker.from_env(version="auto", timeout=30)
-        local.ping()
-    except Exception:
-        local = None
-    require(local is not None, "Docker engine (scripts/setup/docker.sh)")
-    build_demo_image(local)
-    local.close()
+    demo_image_built()
     with contextlib.ExitStack() as stack:
         br = stack.enter_context(shared_bridge())
         engines = []

@@ -19,15 +19,14 @@ from typing import Any
 import docker
 import pytest
 
-from helpers.ci import require
-from helpers.dockerd import NamespacedDockerd, namespaced_dockerd, shared_bridge
+from helpers.dockerd import NamespacedDockerd, demo_image_built, namespaced_dockerd, shared_bridge
 from helpers.e2e import events, failed_message, group_config, wait_for
 from tierscale.config import load_config_text
 from tierscale.controller.down import down
 from tierscale.loadgen import LoadRunner
 from tierscale.providers import make_provider
 from tierscale.providers.base import TemplateError
-from tierscale.providers.docker_image import DEMO_IMAGE, build_demo_image
+from tierscale.providers.docker_image import DEMO_IMAGE
 from tierscale.service import BackgroundController
 
 pytestmark = pytest.mark.e2e
@@ -35,14 +34,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def manager() -> Iterator[NamespacedDockerd]:
-    try:
-        local = docker.from_env(version="auto", timeout=30)
-        local.ping()
-    except Exception:
-        local = None
-    require(local is not None, "Docker engine (scripts/setup/docker.sh)")
-    build_demo_image(local)
-    local.close()
+    demo_image_built()
     with contextlib.ExitStack() as stack:
         br = stack.enter_context(shared_bridge())
         address = br.host(31)

@@ -360,3 +360,24 @@ def namespaced_dockerd(
             problems = _teardown_engine(engine, proc, stop_timeout)
             if problems and not body_failed:
                 raise DockerdError("teardown left something behind: " + "; ".join(problems))
+
+
+def demo_image_built() -> None:
+    """The demo image on this machine's engine, to load into namespaced engines (fails clearly in CI
+    when the engine is not running)."""
+    import docker
+
+    from helpers.ci import require
+    from tierscale.providers.docker_image import build_demo_image
+
+    try:
+        local = docker.from_env(version="auto", timeout=30)
+        local.ping()
+    except Exception:
+        local = None
+    require(local is not None, "Docker engine (scripts/setup/docker.sh)")
+    assert local is not None
+    try:
+        build_demo_image(local)
+    finally:
+        local.close()

@@ -54,13 +54,14 @@ from tierscale.providers.base import (
     TierUnavailable,
     no_events,
 )
-from tierscale.providers.cpu_rate import CpuRate, CpuReading
+from tierscale.providers.cpu_rate import CpuRate
 from tierscale.providers.docker_image import DEMO_IMAGE, WORKLOAD_BUILD_SH, ImageBuildError, build_demo_image
 from tierscale.providers.docker_stats import (
     CgroupFiles,
     CgroupLocator,
     Sample,
     StatsStreams,
+    container_stats,
     read_cgroup,
     sample_from_api_stats,
 )
@@ -564,18 +565,7 @@ class DockerProvider(NoConsole):
             if sample is None:
                 continue
             allot_milli = round(self._allotment(r) * 1000)
-            pre = CpuReading(sample.pre.cpu_ns / 1e9, sample.pre.at) if sample.pre is not None else None
-            pct = self._cpu.percent(
-                cid,
-                sample.cpu_ns / 1e9,
-                allot_milli,
-                at=sample.at,
-                lifetime=time.time() - r.created_at,
-                previous=pre,  # the engine's own previous reading: a real interval even on first sight
-            )
-            out[r.id] = ReplicaStats(
-                cpu_percent=pct, cpu_allotment_milli=allot_milli, memory_bytes=sample.memory_bytes
-            )
+            out[r.id] = container_stats(self._cpu, cid, sample, allot_milli, r.created_at)
         # Readings of containers that are gone are dropped; the others are kept for the next pass.
         for cid in set(self._known) - set(targets):
             self._known.pop(cid, None)

@@ -31,6 +31,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tierscale.providers.base import ReplicaStats
+from tierscale.providers.cpu_rate import CpuRate, CpuReading
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -197,6 +200,23 @@ def sample_from_api_stats(stats: dict[str, Any], at: float) -> Sample | None:
     if preread is not None and isinstance(pre_total, int) and 0 < read - preread < 10 and pre_total <= total:
         pre = Sample(pre_total, None, at - (read - preread))
     return Sample(total, memory, at, pre)
+
+
+def container_stats(
+    rate: CpuRate, cid: str, sample: Sample, allot_milli: int, created_at: float
+) -> ReplicaStats:
+    """One container's sample as replica stats: CPU % of `allot_milli` over the interval since the kept
+    reading, or since the engine's own previous reading (a real interval even on first sight)."""
+    pre = CpuReading(sample.pre.cpu_ns / 1e9, sample.pre.at) if sample.pre is not None else None
+    pct = rate.percent(
+        cid,
+        sample.cpu_ns / 1e9,
+        allot_milli,
+        at=sample.at,
+        lifetime=time.time() - created_at,
+        previous=pre,
+    )
+    return ReplicaStats(cpu_percent=pct, cpu_allotment_milli=allot_milli, memory_bytes=sample.memory_bytes)
 
 
 class StatsStreams:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import threading
-import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -42,8 +41,8 @@ from tierscale.providers.base import (
     TierUnavailable,
     no_events,
 )
-from tierscale.providers.cpu_rate import CpuRate, CpuReading
-from tierscale.providers.docker_stats import StatsStreams
+from tierscale.providers.cpu_rate import CpuRate
+from tierscale.providers.docker_stats import StatsStreams, container_stats
 
 API_TIMEOUT = 30
 TASK_LABEL = "com.docker.swarm.task.id"
@@ -243,17 +242,9 @@ class SwarmProvider(NoConsole):
                 sample = streams.latest(cid)
                 if sample is None:
                     continue
-                r = by_task[tid]
-                pre = CpuReading(sample.pre.cpu_ns / 1e9, sample.pre.at) if sample.pre is not None else None
-                pct = self._cpu.percent(
-                    cid,
-                    sample.cpu_ns / 1e9,
-                    allot_milli,
-                    at=sample.at,
-                    lifetime=time.time() - r.created_at,
-                    previous=pre,
+                out[by_task[tid].id] = container_stats(
+                    self._cpu, cid, sample, allot_milli, by_task[tid].created_at
                 )
-                out[r.id] = ReplicaStats(pct, allot_milli, sample.memory_bytes)
         return out
 
     def _allotment_milli(self) -> int:
