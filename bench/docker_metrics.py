@@ -136,7 +136,9 @@ def run_count(n: int, passes: int, baseline_max: int) -> dict[str, Any]:
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda r: maker.delete(r, 1), maker.list()))
         client = docker.from_env()
-        for c in client.containers.list(all=True, filters={"label": f"{LABEL_GROUP}={group}"}):
+        for c in client.containers.list(
+            all=True, ignore_removed=True, filters={"label": f"{LABEL_GROUP}={group}"}
+        ):
             c.remove(force=True)
         client.close()
         maker.close()

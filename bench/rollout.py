@@ -218,7 +218,9 @@ class Tierscale:
             down(self.old)
         client = docker.from_env()
         try:  # down found what the controller knew of; a container it never saw must not stay either
-            for c in client.containers.list(all=True, filters={"label": f"{LABEL_GROUP}={self.name}"}):
+            for c in client.containers.list(
+                all=True, ignore_removed=True, filters={"label": f"{LABEL_GROUP}={self.name}"}
+            ):
                 c.remove(force=True)
         finally:
             client.close()

@@ -60,9 +60,14 @@ def test_docker_tier_environment_arrives_verbatim(tmp_path: Path, marker_dir: Pa
         assert f"EVIL={hostile}" in info["Config"]["Env"] and "Q='\"`\\" in info["Config"]["Env"]
         assert info["Config"]["Labels"][LABEL_GROUP] == group
         provider.delete(replica, grace=1)
-        assert client.containers.list(all=True, filters={"label": f"{LABEL_GROUP}={group}"}) == []
+        assert (
+            client.containers.list(all=True, ignore_removed=True, filters={"label": f"{LABEL_GROUP}={group}"})
+            == []
+        )
     finally:
-        for c in client.containers.list(all=True, filters={"label": f"{LABEL_GROUP}={group}"}):
+        for c in client.containers.list(
+            all=True, ignore_removed=True, filters={"label": f"{LABEL_GROUP}={group}"}
+        ):
             c.remove(force=True)
         client.close()
 

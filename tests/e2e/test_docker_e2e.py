@@ -74,7 +74,7 @@ def containers(group: str, status: str | None = None) -> list[Any]:
         filters: dict[str, Any] = {"label": f"{LABEL_GROUP}={group}"}
         if status:
             filters["status"] = status
-        return c.containers.list(all=True, filters=filters)
+        return c.containers.list(all=True, ignore_removed=True, filters=filters)
     finally:
         c.close()
 

@@ -63,12 +63,14 @@ def group(client: Any) -> Iterator[str]:
     name = "t-" + secrets.token_hex(4)
     yield name
     # Belt and braces: whatever a failed test left with this group's label goes.
-    for c in client.containers.list(all=True, filters={"label": f"{LABEL_GROUP}={name}"}):
+    for c in client.containers.list(
+        all=True, ignore_removed=True, filters={"label": f"{LABEL_GROUP}={name}"}
+    ):
         c.remove(force=True)
 
 
 def group_containers(client: Any, group: str) -> list[Any]:
-    return client.containers.list(all=True, filters={"label": f"{LABEL_GROUP}={group}"})
+    return client.containers.list(all=True, ignore_removed=True, filters={"label": f"{LABEL_GROUP}={group}"})
 
 
 def http_get(address: str, path: str, timeout: float = 30) -> Any:

@@ -59,7 +59,9 @@ def _case(tmp_path: Path, new_template: str, n: int = 4, max_: int = 4, **knobs:
 def _cleanup(case: Case, engine: Any) -> None:
     with contextlib.suppress(Exception):
         down(case.cfg)
-    leaked = engine.containers.list(all=True, filters={"label": f"{LABEL_GROUP}={case.group}"})
+    leaked = engine.containers.list(
+        all=True, ignore_removed=True, filters={"label": f"{LABEL_GROUP}={case.group}"}
+    )
     for c in leaked:
         c.remove(force=True)
     assert not nginx_processes(Path(case.cfg.state_dir))
@@ -74,7 +76,9 @@ def test_docker_good_rollout_under_load_survives_a_sigkill_and_fails_nothing(
         good_rollout_killed_midway(case, rate=20, timeout=90)
         labels = {
             c.labels["io.tierscale.revision"]
-            for c in engine.containers.list(filters={"label": f"{LABEL_GROUP}={case.group}"})
+            for c in engine.containers.list(
+                ignore_removed=True, filters={"label": f"{LABEL_GROUP}={case.group}"}
+            )
         }
         new = load_config_text(case.new_text, case.path).groups[0].template
         assert labels == {template_revision(new)}, labels

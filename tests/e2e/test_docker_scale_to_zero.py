@@ -36,7 +36,7 @@ def client() -> Iterator[Any]:
 
 
 def _containers(client: Any, group: str) -> list[Any]:
-    return client.containers.list(all=True, filters={"label": f"{LABEL_GROUP}={group}"})
+    return client.containers.list(all=True, ignore_removed=True, filters={"label": f"{LABEL_GROUP}={group}"})
 
 
 def test_docker_burst_at_zero_is_served_whole_and_the_group_returns_to_zero(
