@@ -64,5 +64,6 @@ def test_chaos_docker_tier(tmp_path: Path) -> None:
     _judge(_run("docker", tmp_path, seed=12, injections=8))
 
 
+@pytest.mark.libvirtd_exclusive  # one of its faults restarts libvirtd
 def test_chaos_libvirt_tier(tmp_path: Path) -> None:
     _judge(_run("libvirt", tmp_path, seed=13, injections=8))

@@ -236,6 +236,7 @@ def test_guest_never_healthy_within_startup_grace_is_removed_and_replaced(
         _down(cfg, libvirtd, vm_group)
 
 
+@pytest.mark.libvirtd_exclusive
 def test_libvirtd_restart_mid_run_the_loop_survives_and_reconnects(
     tmp_path: Path, vm_group: str, vm_image: dict[str, Path], libvirtd: Any
 ) -> None:

@@ -1,12 +1,14 @@
 """Which daemons an end-to-end test shares, so that tests/run_e2e.py can run the groups side by side.
 
-Each group owns the daemons its tests restart or reconfigure: dockerd (containers); libvirtd (vm);
-the test cloud, openstack-lite (cloud); the local group needs only nginx and processes on loopback.
-Within a group tests run one at a time, in collection order (the OpenStack files rely on theirs).
+Each group owns the daemons its tests restart or reconfigure: dockerd (containers); the test cloud,
+openstack-lite (cloud); the local group needs only nginx and processes on loopback. Within a group
+tests run one at a time, in collection order (the OpenStack files rely on theirs).
 
-One daemon is shared: the cloud's real-guest test switches nova-compute to the libvirt driver, which
-refuses to start next to other domains, and a vm test restarts libvirtd. So every vm test holds
-`libvirtd_lock` shared, and the real-guest test holds it exclusively (`libvirtd_exclusive`).
+libvirtd is shared by two VM groups (vm, vm2: the guests' boots are the long part of the suite) and by
+the cloud's real-guest test (nova-compute's libvirt driver refuses to start next to other domains).
+Every VM test holds `libvirtd_lock` shared; a test that restarts libvirtd (marked `libvirtd_exclusive`)
+and the real-guest switch hold it exclusively. A waiting exclusive holder closes a gate first, so the
+two VM groups cannot keep it out by taking turns.
 """
 
 from __future__ import annotations
@@ -16,14 +18,18 @@ import fcntl
 from collections.abc import Iterator
 from pathlib import Path
 
-GROUPS = ("vm", "cloud", "containers", "local")
+GROUPS = ("vm", "vm2", "cloud", "containers", "local")
 LIBVIRTD_LOCK = Path("/run/tierscale-tests-libvirtd.lock")
+LIBVIRTD_GATE = Path("/run/tierscale-tests-libvirtd.gate")
+VM2_FILES = ("test_libvirt_rollout", "test_libvirt_scale_to_zero")
 
 
 def e2e_group(nodeid: str) -> str:
     name = nodeid.lower()
     if "openstack" in name:
         return "cloud"
+    if any(word in name for word in VM2_FILES):
+        return "vm2"
     if any(word in name for word in ("libvirt", "dangerous_names_tiers")):
         return "vm"
     if "docker" in name:
@@ -34,8 +40,14 @@ def e2e_group(nodeid: str) -> str:
 @contextlib.contextmanager
 def libvirtd_lock(exclusive: bool = False) -> Iterator[None]:
     """Hold the libvirtd lock across processes (flock: released when the process dies, too)."""
-    with LIBVIRTD_LOCK.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+    with LIBVIRTD_GATE.open("a") as gate, LIBVIRTD_LOCK.open("a") as fh:
+        # Through the gate: shared holders pass it one by one; an exclusive one keeps it closed until
+        # it holds the lock, so no new shared holder slips in ahead of it.
+        fcntl.flock(gate, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(gate, fcntl.LOCK_UN)
         try:
             yield
         finally:
