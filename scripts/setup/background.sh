@@ -9,8 +9,13 @@ part="${1:?usage: background.sh PART}"
 [ -f "$here/$part.sh" ] || { echo "background: no such part: $part" >&2; exit 2; }
 dir=/run/tierscale-setup
 mkdir -p "$dir"
+if [ -f "$dir/$part.pid" ] && kill -0 "$(cat "$dir/$part.pid")" 2>/dev/null; then
+    echo "setup/$part: already running in the background (log: $dir/$part.log)"
+    exit 0
+fi
 rm -f "$dir/$part.rc"
 # setsid: not in make's process group, so nothing waits on it; the rc file says it ended and how.
 setsid bash -c 'bash "$1" >"$2.log" 2>&1; echo $? >"$2.rc.tmp"; mv "$2.rc.tmp" "$2.rc"' _ \
     "$here/$part.sh" "$dir/$part" </dev/null >/dev/null 2>&1 &
+echo $! >"$dir/$part.pid"
 echo "setup/$part: started in the background (log: $dir/$part.log)"
