@@ -38,7 +38,7 @@ def _nginx_present(request: pytest.FixtureRequest) -> None:
 def _libvirtd_shared(request: pytest.FixtureRequest) -> Iterator[None]:
     # A vm test's domains and libvirtd restarts must not meet the cloud's switch to real guests
     # (tests/helpers/groups.py); the unit tier and the other groups never wait on it.
-    if UNIT in request.path.parents or e2e_group(request.node.nodeid) not in ("vm", "vm2"):
+    if UNIT in request.path.parents or e2e_group(request.node.nodeid) != "vm":
         yield
         return
     with libvirtd_lock(exclusive=request.node.get_closest_marker("libvirtd_exclusive") is not None):
