@@ -56,14 +56,22 @@ def _judge(report: TierReport, allowed_extra: int = 0) -> None:
     assert report.requests_sent > 100  # the load really ran through it all
 
 
+# Each injection waits for the group to be whole again: on a busy machine that is slower, not wrong,
+# so the bound is the harness's own per-injection timeouts, not pytest's default 300 s.
+CHAOS_TIMEOUT = 900
+
+
+@pytest.mark.timeout(CHAOS_TIMEOUT)
 def test_chaos_process_tier(tmp_path: Path) -> None:
     _judge(_run("process", tmp_path, seed=11, injections=8))
 
 
+@pytest.mark.timeout(CHAOS_TIMEOUT)
 def test_chaos_docker_tier(tmp_path: Path) -> None:
     _judge(_run("docker", tmp_path, seed=12, injections=8))
 
 
+@pytest.mark.timeout(CHAOS_TIMEOUT)
 @pytest.mark.libvirtd_exclusive  # one of its faults restarts libvirtd
 def test_chaos_libvirt_tier(tmp_path: Path) -> None:
     _judge(_run("libvirt", tmp_path, seed=13, injections=8))
