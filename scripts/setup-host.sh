@@ -40,7 +40,10 @@ for part in "${parts[@]}"; do
     case "$part" in
         base) ;;
         all)
-            for f in "$here"/setup/*.sh; do [ -e "$f" ] && bash "$f"; done ;;
+            # background.sh is the helper that runs a part detached, not a part itself.
+            for f in "$here"/setup/*.sh; do
+                [ "$(basename "$f")" = background.sh ] || bash "$f"
+            done ;;
         *)
             [ -f "$here/setup/$part.sh" ] || { echo "setup-host: no such part: $part" >&2; exit 2; }
             bash "$here/setup/$part.sh" ;;

@@ -57,7 +57,18 @@ def main(extra: list[str]) -> int:
 
     def launch(group: str, ids: list[str]) -> None:
         log = out_dir / f"{group}.log"
-        argv = [sys.executable, "-m", "pytest", "-q", "-ra", "-p", "no:cacheprovider", *extra, *ids]
+        argv = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-ra",
+            "--durations=8",
+            "-p",
+            "no:cacheprovider",
+            *extra,
+            *ids,
+        ]
         with log.open("wb") as fh:
             proc = subprocess.Popen(argv, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)
         runs[group] = (proc, log)

@@ -200,7 +200,8 @@ def test_guest_never_healthy_within_startup_grace_is_removed_and_replaced(
         vm_template(vm_image, disk=True),
         min_=1,
         max_=1,
-        startup_grace="6s",
+        # Long enough for a TCG guest on a loaded host to boot and answer once before its grace ends.
+        startup_grace="20s",
         health_path="/no-such-page",
     )
 
@@ -212,7 +213,7 @@ def test_guest_never_healthy_within_startup_grace_is_removed_and_replaced(
             # On a busy host a guest can still be booting when its grace ends, or answer after the probe's
             # timeout: that one is declared unhealthy (and replaced) for a timeout. What this test is about
             # is the guest that boots and answers its health path with a 404: follow the first such one.
-            unhealthy = wait_for(answered_404, 120, what="a replica declared unhealthy for its HTTP 404")
+            unhealthy = wait_for(answered_404, 300, what="a replica declared unhealthy for its HTTP 404")
             first = unhealthy[0].replica
             wait_for(
                 lambda: any(e.replica == first for e in events(state, vm_group, "replica_deleted")),
