@@ -126,6 +126,34 @@ def shared_bridge(network: str | None = None, name: str | None = None) -> Iterat
         _run(["ip", "link", "del", br.name], check=False)
 
 
+def attach_namespace(netns: str, tag: str, br: Bridge, address: str) -> str:
+    """A new network namespace `netns` on `br` at `address`: veth tsv-TAG on the bridge, tsn-TAG inside.
+    Returns the bridge-side veth (its "cable": `ip link set tsv-TAG down` cuts the host off)."""
+    veth_host, veth_ns = f"tsv-{tag}", f"tsn-{tag}"
+    _run(["ip", "netns", "add", netns])
+    _run(["ip", "link", "add", veth_host, "type", "veth", "peer", "name", veth_ns])
+    _run(["ip", "link", "set", veth_host, "master", br.name, "up"])
+    _run(["ip", "link", "set", veth_ns, "netns", netns])
+    ns = ["ip", "-n", netns]
+    _run([*ns, "addr", "add", f"{address}/{br.network.prefixlen}", "dev", veth_ns])
+    _run([*ns, "link", "set", veth_ns, "up"])
+    _run([*ns, "link", "set", "lo", "up"])
+    # No default route: from the namespace only the bridge's /24 is reachable, nothing outside.
+    return veth_host
+
+
+def detach_namespace(netns: str, veth: str) -> list[str]:
+    """Delete the namespace and its veth; returns what could not be deleted."""
+    problems = []
+    if Path(f"/var/run/netns/{netns}").exists():
+        r = _run(["ip", "netns", "del", netns], check=False)
+        if r.returncode != 0:
+            problems.append(f"ip netns del {netns}: {r.stderr.strip()}")
+    if veth:
+        _run(["ip", "link", "del", veth], check=False)  # gone with the namespace, normally
+    return problems
+
+
 @dataclass
 class NamespacedDockerd:
     """A running engine; the docker CLI and SDK reach it at `base_url` (a unix socket)."""
@@ -276,12 +304,7 @@ def _teardown_engine(
     for point in _mounts_under(engine.root):
         if _run(["umount", point], check=False).returncode != 0:
             _run(["umount", "-l", point], check=False)
-    if Path(f"/var/run/netns/{engine.netns}").exists():
-        r = _run(["ip", "netns", "del", engine.netns], check=False)
-        if r.returncode != 0:
-            problems.append(f"ip netns del {engine.netns}: {r.stderr.strip()}")
-    if engine._veth:
-        _run(["ip", "link", "del", engine._veth], check=False)  # gone with the namespace, normally
+    problems += detach_namespace(engine.netns, engine._veth or f"tsv-{engine.name}")
     shutil.rmtree(engine.root, ignore_errors=True)
     if engine.root.exists():
         problems.append(f"{engine.root} could not be removed")
@@ -314,17 +337,7 @@ def namespaced_dockerd(
         proc: subprocess.Popen[bytes] | None = None
         body_failed = False
         try:
-            veth_host, veth_ns = f"tsv-{tag}", f"tsn-{tag}"
-            _run(["ip", "netns", "add", engine.netns])
-            _run(["ip", "link", "add", veth_host, "type", "veth", "peer", "name", veth_ns])
-            engine._veth = veth_host
-            _run(["ip", "link", "set", veth_host, "master", br.name, "up"])
-            _run(["ip", "link", "set", veth_ns, "netns", engine.netns])
-            ns = ["ip", "-n", engine.netns]
-            _run([*ns, "addr", "add", f"{engine.address}/{br.network.prefixlen}", "dev", veth_ns])
-            _run([*ns, "link", "set", veth_ns, "up"])
-            _run([*ns, "link", "set", "lo", "up"])
-            # No default route: from the namespace only the bridge's /24 is reachable, nothing outside.
+            engine._veth = attach_namespace(engine.netns, tag, br, engine.address)
             for d in ("data", "exec"):
                 (root / d).mkdir()
             cmd = engine.nsenter(

@@ -82,6 +82,16 @@ def test_user_network_forwards_a_loopback_port_through_the_qemu_namespace() -> N
     assert (facts.host_port, facts.guest_port, facts.vcpus, facts.overlay) == (40123, 80, 2, None)
 
 
+def test_a_remote_hypervisor_forwards_on_its_own_address_unrestricted() -> None:
+    # restrict=on would drop the guest's replies to clients that are not the hypervisor's loopback.
+    xml = render_domain(spec(host_addr="10.231.0.12"))
+    args = [a.get("value") for a in ET.fromstring(xml).iter(f"{{{QEMU_NS}}}arg")]
+    assert "user,id=n0,restrict=off,hostfwd=tcp:10.231.0.12:40123-:80" in args
+    facts = parse_facts(xml)
+    assert (facts.host_addr, facts.host_port, facts.guest_port) == ("10.231.0.12", 40123, 80)
+    assert parse_facts(render_domain(spec())).host_addr == "127.0.0.1"
+
+
 def test_libvirt_network_attaches_an_interface_and_no_forward() -> None:
     xml = render_domain(spec(network="backend", host_port=None))
     root = ET.fromstring(xml)
@@ -175,13 +185,18 @@ def test_libvirt_config_keys_and_defaults() -> None:
         ("{kernel: /k, domain_type: xen}", "", "template.domain_type"),
         ("{kernel: /k, base_format: vmdk}", "", "template.base_format"),
         ("{initrd: /i}", "", "needs base_image or kernel"),
-        ("{kernel: /k, uri: 'qemu+ssh://far.example/system'}", "", "template.network"),
     ],
 )
 def test_bad_libvirt_config_names_the_field(template: str, extra: str, needle: str) -> None:
     with pytest.raises(ConfigError) as err:
         load(template, extra)
     assert needle in str(err.value), str(err.value)
+
+
+def test_remote_uri_with_user_networking_is_fine() -> None:
+    # Its forwards listen on the hypervisor's own address (the URI's host), not on its loopback.
+    cfg = load("{kernel: /k, uri: 'qemu+ssh://far.example/system'}")
+    assert cfg.groups[0].template.network == "user"  # type: ignore[attr-defined]
 
 
 def test_remote_uri_with_a_libvirt_network_is_fine() -> None:

@@ -316,15 +316,6 @@ class LibvirtTemplate(_Model):
             check_host_list(self.uris, "libvirt URI")
             if "uri" in self.model_fields_set:
                 raise problem("use uri (one hypervisor) or uris (several), not both", "uris")
-        # network: user forwards a port on the libvirt host's loopback, which only that host can reach.
-        for uri in self.hypervisors():
-            host = re.match(r"^[a-z0-9+]+://(?:[^@/]*@)?([^/:?]*)", uri)
-            if self.network == "user" and host and host.group(1) not in ("", "localhost", "127.0.0.1"):
-                raise problem(
-                    f"user networking is only reachable on the libvirt host itself; with remote uri "
-                    f"{uri!r} name a libvirt network the controller can route to",
-                    "network",
-                )
         return self
 
     def hypervisors(self) -> list[str]:

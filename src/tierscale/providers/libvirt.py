@@ -16,8 +16,10 @@ Delete: ACPI shutdown with `grace` seconds to finish, then destroy, undefine, re
 Stats: one `virConnectDomainListGetStats` call for all replicas; CPU % from `cpu.time` deltas over wall
 time and vCPUs (`cpu_rate`).
 
-Networking `user`: QEMU user networking forwards a free 127.0.0.1 port to the guest's service port; the
-address is read back from the domain XML, so it survives a controller restart. Networking `<name>`: the
+Networking `user`: QEMU user networking forwards a free port to the guest's service port, on 127.0.0.1
+for a local hypervisor and on the hypervisor's own address (its URI's host) for a remote one, which is
+where a balancer elsewhere can reach it; the address is read back from the domain XML, so it survives a
+controller restart. Networking `<name>`: the
 domain joins that libvirt network and its address comes from DHCP leases, ARP or the guest agent.
 
 `domain_type: auto`: `kvm` if libvirt offers KVM there and a probe guest actually boots under it, else
@@ -34,6 +36,7 @@ import errno
 import http.client
 import logging
 import os
+import secrets
 import socket
 import threading
 import time
@@ -98,6 +101,9 @@ BOOT_SHARES = 256
 SERVING_SHARES = 1024
 PORT_ATTEMPTS = 3  # a forwarded port taken between choosing it and QEMU binding it: choose again
 LOOPBACK = "127.0.0.1"
+# Forwarded ports on a remote hypervisor, which tierscale cannot bind-test from here: chosen in this range
+# (clear of Linux's ephemeral ports, 32768-60999) and chosen again when QEMU finds one taken.
+REMOTE_PORTS = (20000, 32767)
 # libvirt errors that say the domain definition itself is wrong: the template must change.
 _TEMPLATE_CODES = frozenset(
     {
@@ -174,6 +180,7 @@ class LibvirtProvider(NoConsole):
         self.health_path = health_path
         self.boot_timeout = boot_timeout
         self.conn = Connection(template.uri)
+        self._forward_addr: str | None = LOOPBACK if self.local else None
         self.prefix = f"{NAME_PREFIX}{group}-"
         overlay_dir = template.overlay_dir or default_overlay_dir(template.uri)
         self.store = OverlayStore(self.conn, group, overlay_dir) if template.base_image else None
@@ -246,7 +253,7 @@ class LibvirtProvider(NoConsole):
                 and e.facts.host_port is not None
                 and e.state == libvirt.VIR_DOMAIN_RUNNING
             ):
-                self._watch_boot(e.name, format_address(LOOPBACK, e.facts.host_port))
+                self._watch_boot(e.name, format_address(e.facts.host_addr, e.facts.host_port))
         return entries
 
     def _state(self, e: Entry) -> TierState:
@@ -261,7 +268,7 @@ class LibvirtProvider(NoConsole):
 
     def _address(self, e: Entry) -> str | None:
         if e.facts.host_port is not None:
-            return format_address(LOOPBACK, e.facts.host_port)
+            return format_address(e.facts.host_addr, e.facts.host_port)
         uuid = e.dom.UUIDString()
         if uuid in self._addresses:
             return self._addresses[uuid]
@@ -434,9 +441,26 @@ class LibvirtProvider(NoConsole):
             if path is not None and not os.path.isfile(path):
                 raise TemplateError(f"template.{key} {path} does not exist")
 
+    def forward_addr(self) -> str:
+        """The IPv4 address forwards listen on: loopback here, the URI's host (resolved) for a remote one."""
+        if self._forward_addr is None:
+            host = urlsplit(self.t.uri).hostname or ""
+            try:
+                infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
+            except OSError as exc:
+                raise CreateRejected(f"cannot resolve the hypervisor's address {host!r}: {exc}") from None
+            self._forward_addr = str(infos[0][4][0])
+        return self._forward_addr
+
     def _choose_port(self) -> int:
-        """A free loopback port that none of this group's VMs forwards (callers hold `_lock`)."""
+        """A port that none of this group's VMs forwards, free on loopback when the hypervisor is local
+        (callers hold `_lock`)."""
         used = set(self._ports.values()) | {f.host_port for f in self._facts.values() if f.host_port}
+        if not self.local:
+            for _ in range(50):
+                port = secrets.SystemRandom().randint(*REMOTE_PORTS)
+                if port not in used:
+                    return port
         for _ in range(50):
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
                 s.bind(("127.0.0.1", 0))
@@ -465,7 +489,13 @@ class LibvirtProvider(NoConsole):
         return "user" if role == "probe" and self.local else self.t.network
 
     def spec(
-        self, name: str, owner: Owner, domain_type: str, port: int | None, overlay: str | None
+        self,
+        name: str,
+        owner: Owner,
+        domain_type: str,
+        port: int | None,
+        overlay: str | None,
+        host_addr: str = LOOPBACK,
     ) -> DomainSpec:
         return DomainSpec(
             name=name,
@@ -476,6 +506,7 @@ class LibvirtProvider(NoConsole):
             guest_port=self.t.port,
             network=self._network_for(owner.role),
             host_port=port,
+            host_addr=host_addr,
             kernel=self.t.kernel,
             initrd=self.t.initrd,
             cmdline=self._cmdline(owner.id, overlay is not None),
@@ -501,13 +532,14 @@ class LibvirtProvider(NoConsole):
         try:
             self._check_sources()
             user_net = self._network_for(role) == "user"
+            host_addr = self.forward_addr() if user_net else LOOPBACK
             for attempt in range(PORT_ATTEMPTS):
                 port = None
                 if user_net:
                     with self._lock:
                         port = self._choose_port()
                         self._ports[name] = port
-                xml = render_domain(self.spec(name, owner, domain_type, port, overlay))
+                xml = render_domain(self.spec(name, owner, domain_type, port, overlay, host_addr))
                 c = self.conn.get()
                 try:
                     if not transient:
@@ -527,7 +559,11 @@ class LibvirtProvider(NoConsole):
                 except libvirt.libvirtError as exc:
                     # QEMU could not bind the forward: the port was taken between choosing and binding
                     # it (told from the port's state, not from QEMU's words).
-                    if port is not None and attempt + 1 < PORT_ATTEMPTS and not _port_is_free(port):
+                    if (
+                        port is not None
+                        and attempt + 1 < PORT_ATTEMPTS
+                        and not _port_is_free(host_addr, port, self.local)
+                    ):
                         log.info("%s: port %s taken meanwhile; choosing another", name, port)
                         self._undefine(dom)
                         dom = None
@@ -558,7 +594,7 @@ class LibvirtProvider(NoConsole):
         finally:
             with self._lock:
                 self._busy.discard(name)
-        address = format_address(LOOPBACK, facts.host_port) if facts.host_port is not None else None
+        address = format_address(facts.host_addr, facts.host_port) if facts.host_port is not None else None
         return Replica(
             replica_id,
             self.group,
@@ -830,13 +866,17 @@ class LibvirtProvider(NoConsole):
             log.debug("%s: event sink failed: %s", self.group, exc)
 
 
-def _port_is_free(port: int) -> bool:
+def _port_is_free(addr: str, port: int, local: bool) -> bool:
+    """Here: nothing has it bound. On a remote host: nothing answers on it (what can be told from here)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((LOOPBACK, port))
-        except OSError:
-            return False
-    return True
+        if local:
+            try:
+                s.bind((addr, port))
+            except OSError:
+                return False
+            return True
+        s.settimeout(2.0)
+        return s.connect_ex((addr, port)) != 0
 
 
 def _exists(dom: libvirt.virDomain) -> bool:

@@ -29,7 +29,7 @@ DEFAULT_CMDLINE = (
     "cryptomgr.notests"
 )
 
-_HOSTFWD = re.compile(r"hostfwd=tcp:127\.0\.0\.1:(\d+)-:(\d+)")
+_HOSTFWD = re.compile(r"hostfwd=tcp:([0-9.]+):(\d+)-:(\d+)")
 
 
 def domain_name(group: str, replica_id: str) -> str:
@@ -106,12 +106,13 @@ class DomainFacts:
     """What tierscale needs from a domain's XML besides ownership."""
 
     vcpus: int
-    host_port: int | None  # the loopback port forwarded to the guest (network: user)
+    host_port: int | None  # the host port forwarded to the guest (network: user)
     guest_port: int | None
     overlay: str | None  # the disk file tierscale created for it
     network: str | None  # the libvirt network it is attached to (network: <name>)
     domain_type: str = "qemu"  # kvm | qemu
     cpu_shares: int | None = None  # <cputune><shares>: the boot-time weight until the guest serves
+    host_addr: str = "127.0.0.1"  # where the forward listens: loopback, or a remote host's own address
 
 
 def parse_facts(xml: str) -> DomainFacts:
@@ -119,10 +120,11 @@ def parse_facts(xml: str) -> DomainFacts:
     vcpu_el = root.find("vcpu")
     vcpus = int(vcpu_el.text or "1") if vcpu_el is not None and (vcpu_el.text or "").isdigit() else 1
     host_port = guest_port = None
+    host_addr = "127.0.0.1"
     for arg in root.iter(f"{{{QEMU_NS}}}arg"):
         m = _HOSTFWD.search(arg.get("value") or "")
         if m:
-            host_port, guest_port = int(m.group(1)), int(m.group(2))
+            host_addr, host_port, guest_port = m.group(1), int(m.group(2)), int(m.group(3))
     overlay = None
     for disk in root.findall("./devices/disk"):
         src = disk.find("source")
@@ -135,7 +137,9 @@ def parse_facts(xml: str) -> DomainFacts:
         network = iface.get("network")
     shares_text = root.findtext("./cputune/shares") or ""
     shares = int(shares_text) if shares_text.isdigit() else None
-    return DomainFacts(vcpus, host_port, guest_port, overlay, network, root.get("type") or "qemu", shares)
+    return DomainFacts(
+        vcpus, host_port, guest_port, overlay, network, root.get("type") or "qemu", shares, host_addr
+    )
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,7 @@ class DomainSpec:
     guest_port: int
     network: str  # "user" or a libvirt network name
     host_port: int | None = None  # network: user
+    host_addr: str = "127.0.0.1"  # network: user: the address the forward listens on
     kernel: str | None = None
     initrd: str | None = None
     cmdline: str | None = None  # the full kernel command line (kernel boots only)
@@ -204,9 +209,14 @@ def render_domain(spec: DomainSpec) -> str:
     if spec.network == "user":
         if spec.host_port is None:
             raise ValueError("network user needs a host port")
+        # restrict=on (the guest can open no connection out) drops the guest's replies to any source but
+        # the host's loopback, which slirp maps into the guest's 10.0.2.0/24; a forward on a remote
+        # hypervisor's own address serves clients elsewhere, so there it must be off (measured).
+        restrict = "on" if spec.host_addr == "127.0.0.1" else "off"
+        fwd = f"hostfwd=tcp:{spec.host_addr}:{spec.host_port}-:{spec.guest_port}"
         qemu_args = [
             "-netdev",
-            f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{spec.host_port}-:{spec.guest_port}",
+            f"user,id=n0,restrict={restrict},{fwd}",
             "-device",
             "virtio-net-pci,netdev=n0,romfile=,addr=0x10",
         ]
