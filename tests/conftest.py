@@ -19,7 +19,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers.ci import IN_CI, NGINX, require
-from helpers.groups import e2e_group, libvirtd_lock
+from helpers.groups import libvirtd_lock, uses_libvirtd
 
 __all__ = ["IN_CI", "NGINX", "require"]
 
@@ -38,7 +38,7 @@ def _nginx_present(request: pytest.FixtureRequest) -> None:
 def _libvirtd_shared(request: pytest.FixtureRequest) -> Iterator[None]:
     # A vm test's domains and libvirtd restarts must not meet the cloud's switch to real guests
     # (tests/helpers/groups.py); the unit tier and the other groups never wait on it.
-    if UNIT in request.path.parents or e2e_group(request.node.nodeid) != "vm":
+    if UNIT in request.path.parents or not uses_libvirtd(request.node.nodeid):
         yield
         return
     with libvirtd_lock(exclusive=request.node.get_closest_marker("libvirtd_exclusive") is not None):

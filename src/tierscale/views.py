@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 import re
+import signal
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -256,13 +258,16 @@ def watch_status(state_dir: Path, interval: float = 1.0, events: int = 8) -> Non
     def frame() -> Group:
         return render_watch(read_statuses(state_dir), read_history(state_dir, None, None, events))
 
-    with Live(frame(), refresh_per_second=4, screen=False) as live:
-        try:
-            while True:
-                time.sleep(interval)
+    # Ctrl-C sets a flag the loop waits on instead of raising wherever the main thread happens to be
+    # (inside rich's locked refresh, or sqlite): a loaded CI run once had the view outlive its Ctrl-C.
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        with Live(frame(), refresh_per_second=4, screen=False) as live:
+            while not stop.wait(interval):
                 live.update(frame())
-        except KeyboardInterrupt:
-            pass
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def read_history(state_dir: Path, group: str | None, since: float | None, limit: int) -> list[dict[str, Any]]:

@@ -144,7 +144,7 @@ state_dir: {self.state}
 api: {{listen: "127.0.0.1:{self.api_port}"}}
 groups:
   - name: {self.group}
-    tier: {self.tier.name}
+    tier: {self.tier.config_tier or self.tier.name}
     min: 1
     max: {self.desired + 3}
     sync_period: 1s
@@ -157,7 +157,7 @@ groups:
       scale_down: {{stabilization_window: 5s}}
     drain_timeout: 3s
     balancer: {{type: nginx, listen: "127.0.0.1:{self.listen_port}"}}
-"""
+{self.tier.group_extra}"""
         path = self.workdir / f"{self.group}.yaml"
         path.write_text(text)
         return path
@@ -309,6 +309,7 @@ groups:
         self._mount_state()
         try:
             with self.prom:
+                self.tier.start()
                 self.config = self._write_config()
                 self.tier.make_foreign()
                 self._start_controller()
@@ -393,6 +394,7 @@ groups:
             ("remove foreign objects", self.tier.remove_foreign),
             ("scrub", self.tier.scrub),
             ("kill nginx", self._kill_nginx),
+            ("stop the tier's hosts", self.tier.stop),
         ]
         for what, step in steps:
             try:

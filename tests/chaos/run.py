@@ -1,6 +1,7 @@
-"""`make chaos`: the full chaos run over the process, docker and libvirt tiers, with a report.
+"""`make chaos`: the full chaos run over the process, docker, docker-hosts and libvirt tiers, with a report.
 
-    .venv/bin/python tests/chaos/run.py [--tiers process,docker,libvirt] [--injections 20,18,14] [--seed 1]
+    .venv/bin/python tests/chaos/run.py [--tiers process,docker,docker-hosts,libvirt]
+        [--injections 20,18,20,14] [--seed 1]
 
 Writes report.json and report.md under --out and prints the tables; exits 1 if anything leaked, was
 duplicated, touched what is not ours, or did not converge, and 2 on bad arguments.
@@ -23,8 +24,8 @@ from chaos.tiers import TIERS
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tiers", default="process,docker,libvirt")
-    ap.add_argument("--injections", default="20,18,14", help="per tier, comma-separated, or one for all")
+    ap.add_argument("--tiers", default="process,docker,docker-hosts,libvirt")
+    ap.add_argument("--injections", default="20,18,20,14", help="per tier, comma-separated, or one for all")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("artifacts/chaos"))
     args = ap.parse_args(argv)

@@ -13,6 +13,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,8 @@ class Tier:
     """Base: the process-independent parts every tier shares."""
 
     name = "base"
+    config_tier = ""  # the config's `tier:` when it is not `name` (a variant of another tier)
+    group_extra = ""  # more group keys for the config, as YAML lines
     converge_timeout = 60.0  # seconds an injection may take to be repaired before it counts as failed
     rate = 15.0  # requests/s of the steady load
     work_ms = 2  # busy time per request on the replica
@@ -37,6 +40,12 @@ class Tier:
         self.group = group
 
     # ---- to implement ------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Bring up what the tier's hosts need (test hosts); `stop` removes it, whatever happened."""
+
+    def stop(self) -> None:
+        pass
+
     def template(self, port_lo: int, port_hi: int) -> str:
         raise NotImplementedError
 
@@ -163,11 +172,18 @@ class DockerTier(Tier):
         super().__init__(group)
         self._foreign: list[tuple[str, str]] = []  # (container id, status at start)
         self._live_restore = False
+        self.engines: list[str | None] = [None]  # the engines' base URLs; None: the default engine
 
-    def _client(self) -> Any:
+    def _client(self, base_url: str | None = None) -> Any:
         import docker
 
-        return docker.from_env(version="auto", timeout=30)
+        if base_url is None:
+            return docker.from_env(version="auto", timeout=30)
+        return docker.DockerClient(base_url=base_url, version="auto", timeout=30)
+
+    @property
+    def foreign_engine(self) -> str | None:
+        return self.engines[-1]
 
     def available(self) -> tuple[bool, str]:
         try:
@@ -190,14 +206,15 @@ class DockerTier(Tier):
         """One listing call (no per-container inspect, which races with removals): Id, Labels, State."""
         from tierscale.providers.docker import LABEL_GROUP
 
-        c = self._client()
-        try:
-            rows: list[dict[str, Any]] = c.api.containers(
-                all=True, filters={"label": f"{LABEL_GROUP}={self.group}"}
-            )
-            return rows
-        finally:
-            c.close()
+        rows: list[dict[str, Any]] = []
+        for engine in self.engines:
+            c = self._client(engine)
+            try:
+                for row in c.api.containers(all=True, filters={"label": f"{LABEL_GROUP}={self.group}"}):
+                    rows.append({**row, "engine": engine})
+            finally:
+                c.close()
+        return rows
 
     def infra(self) -> dict[str, str]:
         from tierscale.providers.docker import LABEL_REPLICA
@@ -215,7 +232,7 @@ class DockerTier(Tier):
 
         for row in self._containers():
             if (row.get("Labels") or {}).get(LABEL_REPLICA) == replica:
-                c = self._client()
+                c = self._client(row["engine"])
                 return c.containers.get(row["Id"])
         raise AssertionError(f"replica {replica} has no container")
 
@@ -229,7 +246,7 @@ class DockerTier(Tier):
         from tierscale.providers.docker import LABEL_GROUP
         from tierscale.providers.docker_image import DEMO_IMAGE
 
-        c = self._client()
+        c = self._client(self.foreign_engine)
         try:
             self._live_restore = bool(c.info().get("LiveRestoreEnabled"))
             plain = c.containers.run(DEMO_IMAGE, detach=True, name=f"chaos-foreign-{secrets.token_hex(3)}")
@@ -248,7 +265,7 @@ class DockerTier(Tier):
         import docker
 
         problems = []
-        c = self._client()
+        c = self._client(self.foreign_engine)
         try:
             for cid, status in self._foreign:
                 try:
@@ -265,7 +282,7 @@ class DockerTier(Tier):
         return problems
 
     def remove_foreign(self) -> None:
-        c = self._client()
+        c = self._client(self.foreign_engine)
         try:
             for cid, _ in self._foreign:
                 with contextlib.suppress(Exception):
@@ -274,16 +291,93 @@ class DockerTier(Tier):
             c.close()
 
     def scrub(self) -> None:
-        c = self._client()
-        try:
-            for row in self._containers():
+        for row in self._containers():
+            c = self._client(row["engine"])
+            try:
                 with contextlib.suppress(Exception):
                     c.api.remove_container(row["Id"], force=True)
-        finally:
-            c.close()
+            finally:
+                c.close()
 
     def daemon_injections(self) -> dict[str, Callable[[], None]]:
         return {"dockerd_restart": restart_dockerd}
+
+
+class DockerHostsTier(DockerTier):
+    """One docker group over two engine hosts (network namespaces on a test bridge, tests/helpers/dockerd.py),
+    with host loss and return: a host's link cut, or its engine hung (SIGSTOP), for longer than
+    `host_timeout`, then back. The foreign containers live on the host that is lost."""
+
+    name = "docker-hosts"
+    config_tier = "docker"
+    host_timeout = 5.0
+    group_extra = f"    host_timeout: {host_timeout:g}s\n    placement: {{strategy: spread}}\n"
+    converge_timeout = 120.0
+
+    def __init__(self, group: str) -> None:
+        super().__init__(group)
+        self._stack = contextlib.ExitStack()
+        self._hosts: list[Any] = []  # NamespacedDockerd
+        self._turn = 0
+
+    def start(self) -> None:
+        from helpers.dockerd import namespaced_dockerd, shared_bridge
+        from tierscale.providers.docker_image import DEMO_IMAGE
+
+        br = self._stack.enter_context(shared_bridge())
+        for i in range(2):
+            address = br.host(11 + i)
+            e = self._stack.enter_context(
+                namespaced_dockerd(br, host=11 + i, extra_args=["-H", f"tcp://{address}:2375"])
+            )
+            e.load_images(DEMO_IMAGE)
+            self._hosts.append(e)
+        self.engines = [e.base_url for e in self._hosts]
+
+    def stop(self) -> None:
+        for e in self._hosts:
+            with contextlib.suppress(Exception):
+                e_link(e, up=True)
+        self._stack.close()
+
+    def template(self, port_lo: int, port_hi: int) -> str:
+        from tierscale.providers.docker_image import DEMO_IMAGE
+
+        hosts = ", ".join(f"tcp://{e.address}:2375" for e in self._hosts)
+        return f"{{image: {DEMO_IMAGE}, port: 8080, cpus: 0.25, memory: 64m, hosts: [{hosts}]}}"
+
+    def _victim(self) -> Any:
+        # Both hosts in turn; the foreign containers' host (the last) first.
+        e = self._hosts[(len(self._hosts) - 1 - self._turn) % len(self._hosts)]
+        self._turn += 1
+        return e
+
+    def _away(self) -> float:
+        return self.host_timeout + 4.0  # long enough to be replaced elsewhere, then it comes back
+
+    def link_cut(self) -> None:
+        e = self._victim()
+        e_link(e, up=False)
+        try:
+            time.sleep(self._away())
+        finally:
+            e_link(e, up=True)
+
+    def engine_hung(self) -> None:
+        e = self._victim()
+        os.kill(e.pid, signal.SIGSTOP)
+        try:
+            time.sleep(self._away())
+        finally:
+            os.kill(e.pid, signal.SIGCONT)
+
+    def daemon_injections(self) -> dict[str, Callable[[], None]]:
+        return {"host_link_cut": self.link_cut, "host_engine_hung": self.engine_hung}
+
+
+def e_link(e: Any, up: bool) -> None:
+    """The engine host's cable: its veth on the bridge side."""
+    subprocess.run(["ip", "link", "set", e._veth, "up" if up else "down"], check=True, timeout=10)
 
 
 def restart_dockerd() -> None:
@@ -391,4 +485,9 @@ class LibvirtTier(Tier):
         return {"libvirtd_restart": restart_libvirtd}
 
 
-TIERS: dict[str, type[Tier]] = {"process": ProcessTier, "docker": DockerTier, "libvirt": LibvirtTier}
+TIERS: dict[str, type[Tier]] = {
+    "process": ProcessTier,
+    "docker": DockerTier,
+    "docker-hosts": DockerHostsTier,
+    "libvirt": LibvirtTier,
+}
