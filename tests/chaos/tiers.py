@@ -304,9 +304,10 @@ class DockerTier(Tier):
 
 
 class DockerHostsTier(DockerTier):
-    """One docker group over two engine hosts (network namespaces on a test bridge, tests/helpers/dockerd.py),
-    with host loss and return: a host's link cut, or its engine hung (SIGSTOP), for longer than
-    `host_timeout`, then back. The foreign containers live on the host that is lost."""
+    """One docker group over two engine hosts (network namespaces on a test bridge, helpers/dockerd.py),
+    with host loss and return: a host's link cut, its engine hung (SIGSTOP) or killed (with its
+    containerd and containers), for longer than `host_timeout`, then back. The foreign containers live
+    on the host that is lost first."""
 
     name = "docker-hosts"
     config_tier = "docker"
@@ -371,8 +372,20 @@ class DockerHostsTier(DockerTier):
         finally:
             os.kill(e.pid, signal.SIGCONT)
 
+    def engine_killed(self) -> None:
+        e = self._victim()
+        e.crash()
+        try:
+            time.sleep(self._away())
+        finally:
+            e.start(90.0)
+
     def daemon_injections(self) -> dict[str, Callable[[], None]]:
-        return {"host_link_cut": self.link_cut, "host_engine_hung": self.engine_hung}
+        return {
+            "host_link_cut": self.link_cut,
+            "host_engine_hung": self.engine_hung,
+            "host_engine_killed": self.engine_killed,
+        }
 
 
 def e_link(e: Any, up: bool) -> None:

@@ -117,9 +117,15 @@ def test_group_over_two_hypervisors_spreads_survives_a_lost_one_and_takes_it_bac
                     what="B's VMs replaced on A",
                 )
                 replaced_at = time.monotonic()
-                lost = events(Path(cfg.state_dir), vm_group, "host_unreachable", "host_lost")
-                assert [e.kind for e in lost] == ["host_unreachable", "host_lost"]
-                assert lost[1].ts - lost[0].ts >= HOST_TIMEOUT
+                # B's own events (on a loaded machine the local hypervisor can miss a listing deadline too).
+                about_b = [
+                    e
+                    for e in events(Path(cfg.state_dir), vm_group, "host_unreachable", "host_lost")
+                    if f"host {hv.uri} " in e.message
+                ]
+                lost_at = next(e.ts for e in about_b if e.kind == "host_lost")
+                went = [e.ts for e in about_b if e.kind == "host_unreachable" and e.ts <= lost_at]
+                assert went and lost_at - went[-1] >= HOST_TIMEOUT, [(e.kind, e.ts) for e in about_b]
                 # ---- B back: its old VMs are the surplus, removed; nothing duplicated
                 hv.reconnect()
                 wait_for(lambda: not _remote_domains(hv, vm_group), 120, what="B's old VMs removed")

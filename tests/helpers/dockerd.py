@@ -166,6 +166,36 @@ class NamespacedDockerd:
     pid: int = 0
     in_swarm: bool = False
     _veth: str = field(default="", repr=False)
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _argv: list[str] = field(default_factory=list, repr=False)
+    _env: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def start(self, timeout: float) -> None:
+        """(Re)start dockerd with the arguments it was first started with; wait until it answers."""
+        with self.log.open("ab") as log:
+            # Its own session: a Ctrl-C in the terminal reaches us, and we stop it in order.
+            self.proc = subprocess.Popen(
+                self._argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=self._env
+            )
+        self.pid = self.proc.pid
+        _wait_answering(self, self.proc, timeout)
+
+    def crash(self) -> None:
+        """The host's engine dies: dockerd, its containerd and the container shims SIGKILLed (so the
+        containers die too), the way a crashed or rebooted machine loses them. `start` brings it back."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            procs = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]
+        except psutil.Error:
+            procs = []
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        self.proc.wait(30)
+        psutil.wait_procs(procs, timeout=10)
+        with contextlib.suppress(OSError):
+            (self.root / "dockerd.pid").unlink()
 
     @property
     def socket(self) -> Path:
@@ -334,13 +364,12 @@ def namespaced_dockerd(
         # /run/tsd-*: short, because containerd's sockets live under the exec-root (108-byte limit)
         root = Path(tempfile.mkdtemp(prefix=f"tsd-{tag}-", dir="/run"))
         engine = NamespacedDockerd(tag, f"tsd-{tag}", br.host(host), br, root)
-        proc: subprocess.Popen[bytes] | None = None
         body_failed = False
         try:
             engine._veth = attach_namespace(engine.netns, tag, br, engine.address)
             for d in ("data", "exec"):
                 (root / d).mkdir()
-            cmd = engine.nsenter(
+            engine._argv = engine.nsenter(
                 "dockerd",
                 "--data-root",
                 str(root / "data"),
@@ -355,14 +384,8 @@ def namespaced_dockerd(
                 *extra_args,
             )
             # Swarm tasks use the image on the node instead of asking a registry for a newer one first.
-            env = {**os.environ, "DOCKER_SERVICE_PREFER_OFFLINE_IMAGE": "1"}
-            with engine.log.open("wb") as log:
-                # Its own session: a Ctrl-C in the terminal reaches us, and we stop it in order.
-                proc = subprocess.Popen(
-                    cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
-                )
-            engine.pid = proc.pid
-            _wait_answering(engine, proc, start_timeout)
+            engine._env = {**os.environ, "DOCKER_SERVICE_PREFER_OFFLINE_IMAGE": "1"}
+            engine.start(start_timeout)
             if swarm:
                 engine.init_swarm()
             yield engine
@@ -370,7 +393,7 @@ def namespaced_dockerd(
             body_failed = True
             raise
         finally:
-            problems = _teardown_engine(engine, proc, stop_timeout)
+            problems = _teardown_engine(engine, engine.proc, stop_timeout)
             if problems and not body_failed:
                 raise DockerdError("teardown left something behind: " + "; ".join(problems))
 

@@ -27,7 +27,7 @@ LIBVIRTD_GATE = Path("/run/tierscale-tests-libvirtd.gate")
 
 # vm tests that run in the cloud group: it ends long before the vm group, which is the run's long pole.
 # They hold the libvirtd lock shared like every test that uses libvirtd (`uses_libvirtd`).
-IN_CLOUD_GROUP = ("test_libvirt_rollout",)
+IN_CLOUD_GROUP = ("test_libvirt_rollout", "test_vm_destroyed_behind_our_back")
 
 
 def uses_libvirtd(nodeid: str) -> bool:
