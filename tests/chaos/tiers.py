@@ -353,32 +353,25 @@ class DockerHostsTier(DockerTier):
         self._turn += 1
         return e
 
-    def _away(self) -> float:
-        return self.host_timeout + 4.0  # long enough to be replaced elsewhere, then it comes back
+    def _away_and_back(self, leave: Callable[[Any], None], come_back: Callable[[Any], None]) -> None:
+        """One host leaves for `host_timeout` + 4 s (long enough to be replaced elsewhere), then returns."""
+        e = self._victim()
+        leave(e)
+        try:
+            time.sleep(self.host_timeout + 4.0)
+        finally:
+            come_back(e)
 
     def link_cut(self) -> None:
-        e = self._victim()
-        e_link(e, up=False)
-        try:
-            time.sleep(self._away())
-        finally:
-            e_link(e, up=True)
+        self._away_and_back(lambda e: e_link(e, up=False), lambda e: e_link(e, up=True))
 
     def engine_hung(self) -> None:
-        e = self._victim()
-        os.kill(e.pid, signal.SIGSTOP)
-        try:
-            time.sleep(self._away())
-        finally:
-            os.kill(e.pid, signal.SIGCONT)
+        self._away_and_back(
+            lambda e: os.kill(e.pid, signal.SIGSTOP), lambda e: os.kill(e.pid, signal.SIGCONT)
+        )
 
     def engine_killed(self) -> None:
-        e = self._victim()
-        e.crash()
-        try:
-            time.sleep(self._away())
-        finally:
-            e.start(90.0)
+        self._away_and_back(lambda e: e.crash(), lambda e: e.start(90.0))
 
     def daemon_injections(self) -> dict[str, Callable[[], None]]:
         return {

@@ -457,8 +457,9 @@ class LibvirtProvider(NoConsole):
         (callers hold `_lock`)."""
         used = set(self._ports.values()) | {f.host_port for f in self._facts.values() if f.host_port}
         if not self.local:
+            rng = secrets.SystemRandom()
             for _ in range(50):
-                port = secrets.SystemRandom().randint(*REMOTE_PORTS)
+                port = rng.randint(*REMOTE_PORTS)
                 if port not in used:
                     return port
         for _ in range(50):
