@@ -27,7 +27,15 @@ import docker
 import pytest
 
 from helpers.dockerd import Bridge, NamespacedDockerd, demo_image_built, namespaced_dockerd, shared_bridge
-from helpers.e2e import events, failed_message, group_config, nginx_processes, run_tierscale, wait_for
+from helpers.e2e import (
+    balancer_log_tail,
+    events,
+    failed_message,
+    group_config,
+    nginx_processes,
+    run_tierscale,
+    wait_for,
+)
 from tierscale.controller.down import down
 from tierscale.loadgen import LoadRunner
 from tierscale.providers.docker import LABEL_GROUP
@@ -167,8 +175,19 @@ def test_group_over_three_engines_spreads_survives_a_lost_host_and_takes_it_back
             # In flight to B when its link went down, or sent before nginx was told (a few seconds).
             window = (cut_at - 1, out_of_balancer - started + 2)
             outside = [round(t, 1) for t in bad if not window[0] <= t <= window[1]]
-            assert not outside, failed_message(result)
-            assert len(bad) <= 40 * (window[1] - window[0]) * 0.5, failed_message(result)
+            phases = {
+                k: round(v - started, 1)
+                for k, v in (
+                    ("cut", cut),
+                    ("out_of_balancer", out_of_balancer),
+                    ("replaced", replaced_at),
+                    ("back_settled", back_ok),
+                    ("drained", drained_at),
+                )
+            }
+            why = f"{failed_message(result)}\nphases {phases}\n{balancer_log_tail(Path(cfg.state_dir), name)}"
+            assert not outside, why
+            assert len(bad) <= 40 * (window[1] - window[0]) * 0.5, why
             print(
                 f"\nhost loss: cut → out of balancer {out_of_balancer - cut:.1f}s, → replaced "
                 f"{replaced_at - cut:.1f}s (host_timeout {HOST_TIMEOUT:g}s, sync {SYNC:g}s); back → "

@@ -348,3 +348,20 @@ def nginx_processes(state_dir: Path) -> list[psutil.Process]:
         except psutil.Error:
             continue
     return out
+
+
+def balancer_log_tail(state_dir: Path, group: str, lines: int = 12) -> str:
+    """nginx's own account of a failure: its error log's last lines and its last non-200 requests."""
+    from tierscale.controller.locks import group_dir
+
+    logs = group_dir(Path(state_dir), group) / "nginx" / "logs"
+    out = []
+    for name, keep in (("error.log", lambda ln: True), ("access.log", lambda ln: '"status":"200"' not in ln)):
+        try:
+            text = (logs / name).read_text(errors="replace").splitlines()
+        except OSError as exc:
+            out.append(f"{name}: {exc}")
+            continue
+        picked = [ln for ln in text if keep(ln)][-lines:]
+        out.append(f"--- {name} ({len(picked)} shown)\n" + "\n".join(picked))
+    return "\n".join(out)
