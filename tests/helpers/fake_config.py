@@ -20,6 +20,7 @@ def fake_group_config(
     unhealthy_after: int = 3,
     startup_grace: float = 60.0,
     extra: str = "",
+    drain_timeout: float = 1.0,
 ) -> Any:
     """A process-tier group (the tests swap in the fake tier): 1 s passes and probes, cpu at 50 %.
     `extra` adds group keys (indented four spaces)."""
@@ -33,7 +34,7 @@ groups:
     max: {max_}
     sync_period: 1s
     scale_in_order: {order}
-    drain_timeout: 1s
+    drain_timeout: {drain_timeout}s
     health:
       interval: 1s
       healthy_after: 1

@@ -28,6 +28,9 @@ LIBVIRTD_GATE = Path("/run/tierscale-tests-libvirtd.gate")
 # vm tests that run in the cloud group: it ends long before the vm group, which is the run's long pole.
 # They hold the libvirtd lock shared like every test that uses libvirtd (`uses_libvirtd`).
 IN_CLOUD_GROUP = ("test_libvirt_rollout", "test_vm_destroyed_behind_our_back")
+# Their engines are namespaced, but they copy the demo image out of the main one, which docker tests
+# restart: they run in that group.
+IN_CONTAINERS_GROUP = ("test_ha_controllers",)
 
 
 def uses_libvirtd(nodeid: str) -> bool:
@@ -40,7 +43,7 @@ def e2e_group(nodeid: str) -> str:
         return "cloud"
     if uses_libvirtd(nodeid):
         return "vm"
-    if "docker" in name:
+    if "docker" in name or any(word in name for word in IN_CONTAINERS_GROUP):
         return "containers"
     return "local"
 

@@ -15,6 +15,8 @@ from tierscale.config.models import parse_listen
 
 DEFAULT_URL = "http://127.0.0.1:9900"
 DEFAULT_TOKEN_ENV = "TIERSCALE_API_TOKEN"
+# Sent by an ha standby with its 409 to a change: the leader's API address (host:port).
+LEADER_HEADER = "X-Tierscale-Leader"
 
 
 class ApiClientError(Exception):
@@ -46,6 +48,7 @@ def call(
     token_env: str = DEFAULT_TOKEN_ENV,
     timeout: float = 10.0,
     text: str | None = None,
+    _forwarded: bool = False,
 ) -> dict[str, Any]:
     """`body` goes as JSON; `text` (a config file for POST /api/config) as it is."""
     parsed = urllib.parse.urlsplit(base)
@@ -68,6 +71,11 @@ def call(
         with opener.open(req, timeout=timeout) as resp:
             return json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as exc:
+        leader = exc.headers.get(LEADER_HEADER) if exc.code == 409 else None
+        if leader and not _forwarded:
+            # An ha standby refused a change: it goes to the leader it named, once.
+            leader_base = f"{parsed.scheme}://{leader}"
+            return call(leader_base, method, path, body, token, token_env, timeout, text, _forwarded=True)
         try:
             message = json.loads(exc.read()).get("error") or exc.reason
         except (ValueError, AttributeError):

@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tierscale import __version__
 from tierscale.api.auth import TokenAuth
+from tierscale.api.client import LEADER_HEADER
 from tierscale.api.errors import ApiError
 from tierscale.api.openapi import openapi_document
 from tierscale.api.series import WINDOW, GroupSeries
@@ -110,6 +111,20 @@ class Routes:
             r.add_post(f"/api/hosts/{{host}}/{action}", self.host_action)
 
     # ------------------------------------------------------------------ helpers
+    def _leader_only(self) -> None:
+        """A change sent to an ha standby: refused with the leader's address (the CLI re-sends it there)."""
+        standby = self.controller.standby_of()
+        if standby is None:
+            return
+        name, api = standby
+        where = f" at {api}" if api else ""
+        raise ApiError(
+            409,
+            f"this controller is a standby; the leader is {name}{where}",
+            "leader",
+            {LEADER_HEADER: api} if api else None,
+        )
+
     def _group(self, request: web.Request) -> GroupHandle:
         name = request.match_info["name"]
         gc = self.controller.groups.get(name)
@@ -217,6 +232,7 @@ class Routes:
     # ------------------------------------------------------------------ changing
     async def scale(self, request: web.Request) -> web.Response:
         self.auth.check(request)
+        self._leader_only()
         gc = self._group(request)
         body = await self._json_object(request, ("replicas",))
         if "replicas" not in body:
@@ -236,6 +252,7 @@ class Routes:
 
     async def pause(self, request: web.Request) -> web.Response:
         self.auth.check(request)
+        self._leader_only()
         gc = self._group(request)
         await self._json_object(request, ())
         if not gc.paused:
@@ -244,6 +261,7 @@ class Routes:
 
     async def resume(self, request: web.Request) -> web.Response:
         self.auth.check(request)
+        self._leader_only()
         gc = self._group(request)
         await self._json_object(request, ())
         if gc.paused:
@@ -256,6 +274,7 @@ class Routes:
 
     async def rollout_action(self, request: web.Request) -> web.Response:
         self.auth.check(request)
+        self._leader_only()
         gc = self._group(request)
         action = request.path.rsplit("/", 1)[-1]  # one of ROLLOUT_ACTIONS: only those routes exist
         await self._json_object(request, ())
@@ -291,6 +310,7 @@ class Routes:
     async def host_action(self, request: web.Request) -> web.Response:
         """`{host}` is the host's URL percent-encoded, or its host[:port] when that names one host."""
         self.auth.check(request)
+        self._leader_only()
         host = request.match_info["host"]
         action = request.path.rsplit("/", 1)[-1]  # one of HOST_ACTIONS: only those routes exist
         await self._json_object(request, ())

@@ -54,6 +54,7 @@ from tierscale.config.fields import (
     problem,
     to_duration,
 )
+from tierscale.config.ha import HaConfig
 from tierscale.config.hosts import DockerUrl, PlacementConfig, SwarmTemplate, check_host_list, docker_url
 from tierscale.config.rollout import Amount, parse_amount
 from tierscale.policy.schedule import parse_cron
@@ -777,6 +778,7 @@ class Config(_Model):
     api: ApiConfig = Field(default_factory=ApiConfig)
     state_dir: Annotated[Path, AfterValidator(_expand_state_dir)] = Path("~/.local/state/tierscale")
     groups: Annotated[list[Group], Field(min_length=1)]
+    ha: HaConfig | None = None
 
     @model_validator(mode="after")
     def _unique(self) -> Config:

@@ -39,6 +39,10 @@ class GroupContext:
     holder: Holder | None = None  # scale_to_zero: where requests wait while no replica is ready
     hosts: HostBook | None = None  # cordons and drains, shared by every group of the controller
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    # ha: whether this controller may act now (checked right before every create and delete), and
+    # whether every other controller's balancer has let a draining replica go.
+    may_act: Callable[[], bool] = lambda: True
+    drained_everywhere: Callable[[str], bool] = lambda replica: True
 
     def __post_init__(self) -> None:
         s = self.s

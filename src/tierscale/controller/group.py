@@ -19,13 +19,15 @@ from tierscale.config.settings import GroupSettings
 from tierscale.controller.balancing import BalancerSync
 from tierscale.controller.clock import Clock
 from tierscale.controller.context import GroupContext
+from tierscale.controller.group_term import GroupTerm
 from tierscale.controller.holding import QUICK_PROBE_TIMEOUT, Holding
+from tierscale.controller.leadership import Leadership
 from tierscale.controller.observer import Observer
 from tierscale.controller.prober import ConsoleProber, HealthRounds, HttpProber, Prober
 from tierscale.controller.reconciler import Reconciler
 from tierscale.controller.revisions import Templates
 from tierscale.controller.rollout import Rollouts
-from tierscale.controller.status_model import GroupStatus, RolloutView
+from tierscale.controller.status_model import GroupStatus, HaView, RolloutView
 from tierscale.controller.status_view import group_status, rollout_view
 from tierscale.controller.telemetry import Telemetry
 from tierscale.eventstore import EventStore
@@ -51,9 +53,13 @@ class GroupController:
         dry_run: bool = False,
         prober: Prober | None = None,
         templates: Templates | None = None,
+        leadership: Leadership | None = None,
     ) -> None:
         self.ctx = ctx = GroupContext(settings, provider, balancer, store, clock, telemetry, dry_run)
         self.rollouts = Rollouts(ctx, templates)
+        self.term = GroupTerm(ctx, self.rollouts, leadership)
+        ctx.may_act = self.term.acting
+        ctx.drained_everywhere = self.term.everyone_drained
         self._session: aiohttp.ClientSession | None = None
         self.traffic_log = balancer.traffic_log() if balancer else None
         sources = make_sources(settings.metrics, SourceDeps(self.http, settings.health_timeout * 2))
@@ -96,6 +102,8 @@ class GroupController:
         status = group_status(self.ctx, self.traffic_log)
         status.rollout = self.rollout_view()
         status.scale_to_zero = self.holding.view(self._last_request())
+        if self.term.leadership is not None:
+            status.ha = HaView.model_validate(self.term.leadership.view())
         return status
 
     def _last_request(self) -> float | None:
@@ -217,10 +225,18 @@ class GroupController:
         ctx, rt = self.ctx, self.ctx.rt
         listed = await self.observer.refresh()
         now = ctx.clock.now()
+        acting = ctx.dry_run or self.term.begin()
         if rt.desired is None:
             if not listed:
                 return None  # nothing is known yet: neither adopt nor create blind
             self._adopt()
+        if not acting:  # an ha standby: balance what the leader made, act on nothing
+            self.term.follow()
+            await self.balancing.check()
+            await self.balancing.sync()
+            self.term.acked()
+            self._publish(now)
+            return None
         self.reconciler.reap_failed()
         snap = await self.observer.snapshot(now)
         held, last = self.holding.demand(self._last_request())
@@ -234,6 +250,7 @@ class GroupController:
                 self.rollouts.after(self.reconciler.converge())
             await self.balancing.check()
             await self.balancing.sync()
+        self.term.publish()
         self._publish(now)
         return decision
 

@@ -132,6 +132,13 @@ class ControllerHandle:
     def history(self, group: str | None, since: float | None, limit: int) -> list[dict[str, Any]]:
         return history_rows(self._store, group, since, limit)
 
+    def standby_of(self) -> tuple[str, str] | None:
+        """With `ha:` on a standby: (leader name, its API address) — changes go there. None: we act."""
+        ld = getattr(self._controller, "leadership", None)
+        if ld is None or ld.acting():
+            return None
+        return (ld.leader.name, ld.leader.api) if ld.leader else ("(none yet)", "")
+
     def hosts(self) -> list[HostRow]:
         return host_rows(self._groups, self._hosts)
 

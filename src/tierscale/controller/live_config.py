@@ -42,6 +42,8 @@ def diff(old: Config, new: Config) -> ConfigDiff:
         raise ApplyError("state_dir: cannot change on a running controller; restart it with the new file")
     if old.api != new.api:
         raise ApplyError("api: cannot change on a running controller; restart it with the new file")
+    if old.ha != new.ha:
+        raise ApplyError("ha: cannot change on a running controller; restart it with the new file")
     before = {g.name: g for g in old.groups}
     after = {g.name: g for g in new.groups}
     changed: dict[str, tuple[str, ...]] = {}

@@ -124,6 +124,9 @@ class Reconciler:
         ctx, rt = self.ctx, self.ctx.rt
         rid = "r-" + secrets.token_hex(4)
         try:
+            if not ctx.may_act():
+                ctx.event("fenced", f"not creating {rid}: this controller does not hold the lease now", rid)
+                return
             replica = await ctx.call(ctx.provider.create, rid)
         except Exception as exc:
             delay = rt.create_backoff.fail(ctx.clock.now())
@@ -167,6 +170,10 @@ class Reconciler:
                     replica.id,
                     clean=drained,
                 )
+                await self._drained_everywhere(replica.id, timeout)
+            if not ctx.may_act():
+                ctx.event("fenced", f"not deleting {replica.id}: this controller does not hold the lease now")
+                return
             # Gone already (it vanished mid-drain) is what a delete wants anyway.
             with contextlib.suppress(ReplicaGone):
                 await ctx.call(ctx.provider.delete, replica, ctx.s.stop_grace)
@@ -181,3 +188,10 @@ class Reconciler:
         finally:
             rt.draining.discard(replica.id)
             ctx.wake.set()  # a slot is free (a rollout's next replica, a replacement): act on it now
+
+    async def _drained_everywhere(self, replica: str, timeout: float) -> None:
+        """ha: the other controllers' balancers let it go too (they ack from their next pass), or timeout."""
+        ctx = self.ctx
+        end = ctx.clock.now() + timeout
+        while not ctx.drained_everywhere(replica) and ctx.clock.now() < end:
+            await ctx.clock.sleep(0.1)

@@ -25,8 +25,9 @@ from tierscale.controller.clock import Clock, WallClock
 from tierscale.controller.group import GroupController
 from tierscale.controller.handle import ControllerHandle
 from tierscale.controller.host_book import HostBook
+from tierscale.controller.leadership import Leadership, renew_deadline
 from tierscale.controller.live_config import ConfigDiff, diff
-from tierscale.controller.locks import group_dir, group_lock
+from tierscale.controller.locks import ControllerError, group_dir, group_lock
 from tierscale.controller.prober import Prober
 from tierscale.controller.reconfigure import KEEP, NewParts, reconfigure
 from tierscale.controller.revisions import StoredTemplates
@@ -83,6 +84,8 @@ class Controller:
         self._stops: dict[str, asyncio.Event] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._apply_lock = asyncio.Lock()
+        self.leadership = make_leadership(config, self._leadership_changed)
+        self._leader_changes_seen = 0
         for g in config.groups:
             self.groups[g.name] = self._build(g)
 
@@ -105,12 +108,46 @@ class Controller:
             dry_run=self.dry_run,
             prober=self.prober_factory(g, provider) if self.prober_factory else None,
             templates=templates,
+            leadership=self.leadership,
         )
         sink.append(gc.ctx.provider_event)
         gc.ctx.hosts = self.hosts
         self.templates[g.name] = templates
         self.telemetry.init_group(g.name, g.tier)
+        if self.leadership is not None:
+            self.telemetry.leader.labels(g.name, self.leadership.name).set(0)
         return gc
+
+    # ---- ha
+    def _leadership_changed(self, leading: bool, why: str) -> None:
+        ld = self.leadership
+        assert ld is not None
+        kind = "leader_elected" if leading else "leader_lost"
+        data = {} if leading else {"acting_until": ld.lost_until}
+        for name, gc in self.groups.items():
+            self.telemetry.leader.labels(name, ld.name).set(1 if leading else 0)
+            gc.ctx.event(kind, f"{ld.name}: {why}", instance=ld.name, **data)
+            gc.ctx.wake.set()  # a new leader acts at once, not at the next sync period
+
+    async def _ha_loop(self, stop: asyncio.Event) -> None:
+        ld = self.leadership
+        assert ld is not None
+        shared_seen = ld.shared_version
+        while not stop.is_set():
+            await ld.step()
+            if ld.shared_version != shared_seen:  # a standby follows a drain now, not next period
+                shared_seen = ld.shared_version
+                for gc in self.groups.values():
+                    gc.ctx.wake.set()
+            if ld.changes > self._leader_changes_seen:
+                self.telemetry.leader_changes.inc(ld.changes - self._leader_changes_seen)
+                self._leader_changes_seen = ld.changes
+            if ld.leading and not ld.acting():  # the local deadline passed between two tries
+                ld.lost_until = ld.deadline_wall()
+                ld.leading = False
+                self._leadership_changed(False, "lease not renewed in time: stopped acting")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), ld.interval)
 
     def handle(self) -> ControllerHandle:
         return ControllerHandle(self.groups, self.store, self.telemetry.registry, self, self.hosts)
@@ -149,6 +186,8 @@ class Controller:
         with self._lock_all():
             if started is not None:
                 await _maybe_await(started())
+            ha_stop = asyncio.Event()
+            ha_task = asyncio.create_task(self._ha_loop(ha_stop)) if self.leadership else None
             for name in list(self.groups):
                 self._start_group(name)
             stopped = asyncio.ensure_future(stop.wait())
@@ -164,6 +203,11 @@ class Controller:
                     ev.set()
                 if self._tasks:
                     await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+                if ha_task is not None and self.leadership is not None:
+                    # After the groups: nothing acts once the key is gone, and a standby takes over now.
+                    ha_stop.set()
+                    await asyncio.gather(ha_task, return_exceptions=True)
+                    await asyncio.to_thread(self.leadership.resign)
                 for name in self.groups:
                     self.store.record_event(
                         name, "controller_stopped", "controller stopped; replicas keep running"
@@ -251,6 +295,8 @@ class Controller:
 
     async def run_once(self) -> None:
         with self._lock_all():
+            if self.leadership is not None:
+                await self.leadership.step()  # one pass acts only with the lease, as `run` does
             for gc in self.groups.values():
                 await gc.start()
                 await gc.reconcile()
@@ -261,7 +307,26 @@ class Controller:
     def close(self) -> None:
         for gc in self.groups.values():
             gc.provider.close()
+        if self.leadership is not None:
+            self.leadership.resign()
+            self.leadership.store.close()
         self.store.close()
+
+
+def make_leadership(config: Config, on_change: Callable[[bool, str], None]) -> Leadership | None:
+    ha = config.ha
+    if ha is None:
+        return None
+    try:  # only with ha: etcd3gw is not needed otherwise
+        from tierscale.coordination.etcd import EtcdLeaseStore
+    except ImportError as exc:
+        raise ControllerError(f"ha: needs the etcd client ({exc}): pip install 'tierscale[etcd]'") from None
+
+    # Each call is bounded well under the renew deadline, so a dead endpoint costs a try, not the lease.
+    timeout = max(0.5, min(2.0, renew_deadline(ha.lease_ttl) / (2 * len(ha.endpoints))))
+    store = EtcdLeaseStore(list(ha.endpoints), timeout=timeout)
+    api = ha.advertise or config.api.listen
+    return Leadership(store, ha.name, api, ha.lease_ttl, ha.prefix, on_change=on_change)
 
 
 async def _maybe_await(value: object) -> None:

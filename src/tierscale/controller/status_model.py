@@ -85,6 +85,24 @@ class ScaleToZeroView(_View):
     idle_for: float | None = Field(None, description="seconds since then")
 
 
+class HaMemberView(_View):
+    name: str
+    api: str
+    role: str = Field(description="leader or standby, as the member last wrote it")
+    renewed_at: float = Field(description="unix time of its last lease renew")
+
+
+class HaView(_View):
+    name: str = Field(description="this controller")
+    role: str = Field(description="leader (acting now) or standby")
+    leader: str | None = Field(None, description="the controller holding the leader key")
+    leader_api: str | None = Field(None, description="its API address: manual commands go there")
+    lease_ttl: float
+    last_renew: float | None = Field(None, description="unix time of this controller's last renew")
+    error: str | None = Field(None, description="why the last renew failed (etcd unreachable, ...)")
+    members: list[HaMemberView] = Field(default_factory=list)
+
+
 class GroupStatus(_View):
     group: str
     tier: str
@@ -108,3 +126,4 @@ class GroupStatus(_View):
     last_decision: DecisionView | None
     rollout: RolloutView | None = None
     scale_to_zero: ScaleToZeroView | None = None
+    ha: HaView | None = Field(None, description="with `ha:`: the election as this controller sees it")

@@ -66,6 +66,17 @@ class Telemetry:
         self.held_requests = Gauge(
             "tierscale_held_requests", "Requests waiting for a replica to wake", ["group"], registry=r
         )
+        # ha: 1 for the controller (instance) that leads the group, 0 for a standby; each controller
+        # exports its own instance, so a scrape of every controller shows exactly one 1 per group.
+        self.leader = Gauge(
+            "tierscale_leader",
+            "This controller leads the group (1) or stands by (0)",
+            ["group", "instance"],
+            registry=r,
+        )
+        self.leader_changes = Counter(
+            "tierscale_leader_changes", "Times this controller saw the leader change", registry=r
+        )
 
     def forget_group(self, group: str) -> None:
         """A group no longer managed: its series go, so dashboards do not show a frozen last value."""
@@ -83,6 +94,7 @@ class Telemetry:
             self.rollouts,
             self.cold_start_seconds,
             self.held_requests,
+            self.leader,
         ):
             for labels in [k for k in list(metric._metrics) if k and k[0] == group]:
                 metric.remove(*labels)
