@@ -134,6 +134,22 @@ def _bar(percent: float | None, width: int = 10) -> Text:
     return t
 
 
+def _ha_line(ha: dict[str, Any]) -> Text:
+    """Who leads and each controller's last renew, as this controller sees the election."""
+    line = Text("  ha ", style="bold")
+    role = ha.get("role", "?")
+    line.append(f"{ha.get('name')} is {role}", style="green" if role == "leader" else "")
+    line.append(f"; leader {ha.get('leader') or 'unknown'}")
+    if ha.get("leader_api") and role != "leader":
+        line.append(f" at {ha['leader_api']}")
+    now = time.time()
+    for m in ha.get("members") or []:
+        line.append(f"  {m['name']} ({m['role']}, renewed {_seconds(max(0.0, now - m['renewed_at']))} ago)")
+    if ha.get("error"):
+        line.append(f"  etcd: {ha['error']}", style="red")
+    return line
+
+
 def render_status_table(statuses: list[dict[str, Any]]) -> Group:
     """Each group: a summary line, each metric against its target, the replicas, and the last decision."""
     parts: list[Any] = []
@@ -177,6 +193,9 @@ def render_status_table(statuses: list[dict[str, Any]]) -> Group:
                     style="yellow",
                 )
             )
+        ha = st.get("ha")
+        if ha:
+            parts.append(_ha_line(ha))
         stz = st.get("scale_to_zero")
         if stz:
             line = Text("  scale to zero ", style="bold")

@@ -109,8 +109,19 @@ FORBIDDEN = {
     "tierscale.providers": ("tierscale.controller", "tierscale.api", "tierscale.simulate", "tierscale.cli"),
     "tierscale.balancer": ("tierscale.controller", "tierscale.api", "tierscale.simulate", "tierscale.cli"),
     "tierscale.metrics": ("tierscale.controller", "tierscale.api", "tierscale.simulate", "tierscale.cli"),
+    # The lease store knows nothing of groups or tiers: only the controller uses it.
+    "tierscale.coordination": (
+        "tierscale.config",
+        "tierscale.providers",
+        "tierscale.balancer",
+        "tierscale.controller",
+        "tierscale.api",
+        "tierscale.simulate",
+        "tierscale.cli",
+    ),
     "tierscale.controller": ("tierscale.api", "tierscale.cli", "tierscale.service", "tierscale.simulate"),
     "tierscale.simulate": (
+        "tierscale.coordination",
         "tierscale.controller",
         "tierscale.providers",
         "tierscale.balancer",

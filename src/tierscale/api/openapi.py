@@ -162,6 +162,18 @@ SINCE_PARAM = {
 }
 
 
+# With `ha:`, every change sent to a standby.
+STANDBY_409 = {
+    **_error("This controller is an ha standby: the error names the leader, and the header its API address."),
+    "headers": {
+        "X-Tierscale-Leader": {
+            "description": "the leader's API address (host:port)",
+            "schema": {"type": "string"},
+        }
+    },
+}
+
+
 def _mutation(summary: str, description: str, body: dict[str, Any], required: bool) -> dict[str, Any]:
     return {
         "summary": summary,
@@ -175,6 +187,7 @@ def _mutation(summary: str, description: str, body: dict[str, Any], required: bo
             "401": _error("Missing or wrong bearer token."),
             "403": _error("No token configured on the controller: changes through the API are disabled."),
             "404": _error("No such group."),
+            "409": STANDBY_409,
             "413": _error("Body larger than 64 KiB."),
         },
     }
@@ -184,7 +197,8 @@ def _rollout_action(summary: str, description: str) -> dict[str, Any]:
     op = _mutation(summary, description, _ref("Empty"), False)
     op["responses"]["200"] = _json(_ref("RolloutView"), "The group's rollout after the change.")
     op["responses"]["409"] = _error(
-        "The action does not apply now (nothing to promote, no earlier revision)."
+        "The action does not apply now (nothing to promote, no earlier revision), or this controller "
+        "is an ha standby (header X-Tierscale-Leader: the leader's API address)."
     )
     return op
 

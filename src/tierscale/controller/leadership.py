@@ -120,7 +120,8 @@ class Leadership:
             if not isinstance(exc, StoreUnavailable):
                 log.exception("ha: step failed")
             elif self.last_error is None:
-                log.warning("ha: %s", exc)
+                role = "leading until the renew deadline" if self.leading else "standing by, acting on nothing"
+                log.warning("ha: %s: %s", role, exc)
             self.last_error = str(exc)
             if self.leading and self._now() >= self.deadline:
                 self._step_down(f"could not renew the lease within {self.deadline_after:g}s: {exc}")

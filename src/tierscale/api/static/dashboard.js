@@ -176,6 +176,7 @@ function makeView(name) {
   v.kpi = { desired: bd, current: bc, ready: br, rps: bq, p95: bp };
   v.why = h("div", { class: "why" }, "waiting for the first decision…");
   v.rollout = makeRolloutStrip();
+  v.ha = h("div", { class: "ha", hidden: "" });
   v.charts = h("div", { class: "charts" });
   v.figs = { replicas: figure("replicas"), traffic: figure("traffic"), latency: figure("latency"), provision: figure("provision") };
   v.metricFigs = new Map();
@@ -187,7 +188,7 @@ function makeView(name) {
   v.timeline = h("ol", { class: "timeline" });
   v.root = h("section", { class: "group", "data-group": name },
     h("div", { class: "ghead" }, v.title, v.chips, h("div", { class: "kpis" }, kd, kc, kr, kq, kp)),
-    v.why, v.rollout.root, v.charts,
+    v.why, v.ha, v.rollout.root, v.charts,
     h("div", { class: "bottom" },
       h("div", {}, h("h3", {}, "Replicas"), table),
       h("div", {}, h("h3", {}, "Decisions and events"), v.timeline)));
@@ -228,6 +229,20 @@ function rolloutCommands(group, ro) {
   }
   out.push([`tierscale rollout status ${group}${cliSuffix()}`, "follow it"]);
   return out;
+}
+
+// With `ha:`: who leads, and each controller's last renew (a standby serves this page read-only).
+function renderHa(el, ha) {
+  el.hidden = !ha;
+  if (!ha) return;
+  el.setAttribute("data-role", ha.role);
+  const now = Date.now() / 1000;
+  const lead = ha.role === "leader" ? "leads" : `stands by; leader ${ha.leader || "unknown"}${ha.leader_api ? ` at ${ha.leader_api}` : ""}`;
+  el.replaceChildren(
+    h("b", {}, "Controllers"), ` ${ha.name} ${lead}`,
+    ...(ha.members || []).map((m) => h("span", { class: `member ${m.role}`, "data-member": m.name },
+      `${m.name}: ${m.role}, renewed ${Math.max(0, now - m.renewed_at).toFixed(1)} s ago`)),
+    ...(ha.error ? [h("span", { class: "bad" }, `etcd: ${ha.error}`)] : []));
 }
 
 function renderRollout(r, st) {
@@ -341,6 +356,7 @@ function renderGroup(v, st, series, events) {
     { label: "latest", color: C.green, xs: prov.map((p) => p.t), ys: prov.map((p) => p.seconds), dots: true, unit: " s" },
   ], { title: "Provision time (create → healthy)", empty: "no replica provisioned in 15 min" });
   renderRollout(v.rollout, st);
+  renderHa(v.ha, st.ha);
   // replica table; a replica not on the revision new ones are made from is marked "old"
   const target = (st.rollout && st.rollout.target) || st.revision;
   v.tbody.replaceChildren(...st.replicas.map((r) => {
