@@ -120,7 +120,7 @@ class Leadership:
             if not isinstance(exc, StoreUnavailable):
                 log.exception("ha: step failed")
             elif self.last_error is None:
-                role = "leading until the renew deadline" if self.leading else "standing by, acting on nothing"
+                role = "leading until the deadline" if self.leading else "standing by, acting on nothing"
                 log.warning("ha: %s: %s", role, exc)
             self.last_error = str(exc)
             if self.leading and self._now() >= self.deadline:
