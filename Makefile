@@ -60,10 +60,15 @@ unit: lint
 demo: setup venv
 	$(VENV)/bin/tierscale demo
 
-# Faults injected under load on every tier (>= 50 in all); report in artifacts/chaos/. CHAOS_ARGS to vary.
+# Faults injected under load on every tier (>= 50 in all), then 20 on two ha controllers (tests/chaos/ha.py);
+# reports in artifacts/chaos/. CHAOS_ARGS / CHAOS_HA_ARGS to vary.
 CHAOS_ARGS ?=
+CHAOS_HA_ARGS ?=
 chaos: setup venv venv-libvirt images
-	$(PY) tests/chaos/run.py --out artifacts/chaos $(CHAOS_ARGS)
+	@# Both parts run even when the first finds something; either one failing fails the target.
+	$(PY) tests/chaos/run.py --out artifacts/chaos $(CHAOS_ARGS); a=$$?; \
+	$(PY) tests/chaos/ha.py --out artifacts/chaos $(CHAOS_HA_ARGS); b=$$?; \
+	exit $$(( a > b ? a : b ))
 
 bench: setup venv
 	$(PY) bench/reaction.py

@@ -121,7 +121,7 @@ groups:
     template: {{image: {DEMO_IMAGE}, port: 8080, cpus: 0.25, memory: 32m, hosts: [{engine}]}}
     health: {{path: /healthz, interval: 300ms, timeout: 3s, healthy_after: 1, unhealthy_after: 2,
              startup_grace: 15s}}
-    metrics: [{{type: cpu, target: 95}}]
+    metrics: [{{type: cpu, target: 95}}, {{type: requests_per_replica, target: 1000}}]
     drain_timeout: 5s
     balancer: {{type: nginx, listen: "{ctl.address}:8080"}}
 """

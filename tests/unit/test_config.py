@@ -799,7 +799,59 @@ BAD: list[tuple[str, str, int, str | None, str]] = [
     ),
     ("state_dir wrong type", "state_dir: [a]\n" + GROUP, 1, "state_dir", "expected a path"),
     ("unknown YAML tag", "groups: !groups []\n", 1, None, "invalid YAML: could not determine a constructor"),
+    ("ha without endpoints", GROUP + "ha: {lease_ttl: 10s}\n", 6, "ha.endpoints", "required"),
+    ("ha empty endpoints", GROUP + "ha: {endpoints: []}\n", 6, "ha.endpoints", "must not be empty"),
+    (
+        "ha endpoint bare",
+        GROUP + "ha: {endpoints: [127.0.0.1:2379]}\n",
+        6,
+        "ha.endpoints[0]",
+        "expected an etcd",
+    ),
+    (
+        "ha ttl too short",
+        GROUP + "ha: {endpoints: ['http://e:2379'], lease_ttl: 1.5s}\n",
+        6,
+        "ha.lease_ttl",
+        "must be at least 2s",
+    ),
+    (
+        "ha name with slash",
+        GROUP + "ha: {endpoints: ['http://e:2379'], name: a/b}\n",
+        6,
+        "ha.name",
+        "a controller name",
+    ),
+    (
+        "ha prefix relative",
+        GROUP + "ha: {endpoints: ['http://e:2379'], prefix: x}\n",
+        6,
+        "ha.prefix",
+        "an etcd key prefix",
+    ),
+    (
+        "ha backend",
+        GROUP + "ha: {endpoints: ['http://e:2379'], backend: consul}\n",
+        6,
+        "ha.backend",
+        "must be one of",
+    ),
 ]
+
+
+def test_ha_defaults() -> None:
+    import socket
+
+    cfg = load_config_text(GROUP + "ha: {endpoints: ['https://[::1]:2379/']}\n", FILE)
+    assert cfg.ha is not None
+    assert (cfg.ha.endpoints, cfg.ha.lease_ttl, cfg.ha.name, cfg.ha.prefix, cfg.ha.advertise) == (
+        ["https://[::1]:2379"],
+        10.0,
+        socket.gethostname(),
+        "/tierscale/",
+        None,
+    )
+    assert load_config_text(GROUP, FILE).ha is None
 
 
 @pytest.mark.parametrize(("text", "line", "field", "message"), [c[1:] for c in BAD], ids=[c[0] for c in BAD])

@@ -91,3 +91,16 @@ def test_ready_changed_at_and_first_ready_are_recorded() -> None:
     assert st.ready_changed_at == 5.0 and st.first_ready_at == 5.0
     tr.observe("r", 0.0, False, 7.0, "timeout")
     assert st.ready_changed_at == 7.0 and st.last_error == "timeout"
+
+
+@pytest.mark.parametrize(("readmit", "back"), [(False, False), (True, True)])
+def test_an_unhealthy_replica_comes_back_only_where_nothing_replaces_it(readmit: bool, back: bool) -> None:
+    h = HealthTracker(healthy_after=2, unhealthy_after=2, startup_grace=0.0)
+    h.readmit = readmit  # a standby (ha) replaces nothing, so what it lost sight of may return
+    for t, ok in enumerate([True, True, False, False]):
+        h.observe("r1", 0.0, ok, float(t))
+    assert h.is_unhealthy("r1") and not h.is_ready("r1")
+    h.observe("r1", 0.0, True, 5.0)
+    assert not h.is_ready("r1")  # one answer is not enough: healthy_after, as for a new replica
+    h.observe("r1", 0.0, True, 6.0)
+    assert h.is_ready("r1") is back and h.is_unhealthy("r1") is not back

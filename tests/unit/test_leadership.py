@@ -126,7 +126,7 @@ def test_a_partitioned_leader_stops_acting_a_second_before_anyone_else_starts() 
     step(a, b)
     assert a.acting()
     pa.up = False
-    acted: dict[str, list[float]] = {"a": [], "b": []}
+    acted: dict[str, list[float]] = {"a": [clock.t], "b": []}
     dt = 0.05
     for _ in range(int(20 / dt)):
         clock.t += dt
@@ -134,8 +134,9 @@ def test_a_partitioned_leader_stops_acting_a_second_before_anyone_else_starts() 
         for m in (a, b):
             if m.acting():
                 acted[m.name].append(clock.t)
-    assert acted["a"] and acted["b"], acted
-    assert max(acted["a"]) <= min(acted["b"]) - 1.0
+    assert acted["a"] == [1000.0], acted["a"][:5]  # its first failed try stopped its acts
+    assert acted["b"] and max(acted["a"]) <= min(acted["b"]) - 1.0
+    assert a.lost_until <= min(acted["b"]) - 1.0  # and its lease was let go before b could act
     assert not a.leading and "partitioned" in (a.last_error or "")
     # healed: the old leader finds b's key and stays a standby
     pa.up = True
@@ -144,7 +145,7 @@ def test_a_partitioned_leader_stops_acting_a_second_before_anyone_else_starts() 
     assert a.leader is not None and a.leader.name == "b"
 
 
-def test_a_slow_store_costs_nothing_while_renews_land_before_the_deadline() -> None:
+def test_a_flaky_store_pauses_the_leaders_acts_but_keeps_its_lease() -> None:
     clock = Clock()
     store = MemoryLeaseStore(clock)
     pa = Partitioned(store)
@@ -154,7 +155,20 @@ def test_a_slow_store_costs_nothing_while_renews_land_before_the_deadline() -> N
         pa.up = not pa.up
         clock.t += a.interval
         step(a, b)
-        assert a.acting() and not b.acting()
+        # after a failed try nothing is started until a renew lands; nobody else leads meanwhile
+        assert a.leading and a.acting() == pa.up and not b.acting()
+
+
+def test_a_renew_that_hangs_stops_the_acts_before_it_fails() -> None:
+    clock = Clock()
+    store = MemoryLeaseStore(clock)
+    a = member(store, "a", clock)
+    step(a)
+    assert a.acting()
+    clock.t += a.fresh_for  # no try came back meanwhile (a call hanging in its thread)
+    assert a.leading and not a.acting()
+    step(a)
+    assert a.acting()
 
 
 def test_a_clean_stop_hands_over_on_the_next_try() -> None:
@@ -290,3 +304,49 @@ def test_standby_balances_what_the_leader_makes_and_a_new_leader_keeps_the_count
             await b.gc.shutdown()
 
     asyncio.run(main())
+
+
+def test_the_leader_reads_the_standbys_balancer_traffic() -> None:
+    clock = Clock()
+    store = MemoryLeaseStore(clock)
+    a, b = member(store, "a", clock), member(store, "b", clock)
+    b.share_traffic("web", {"total_rps": 7.0, "upstream": {}})
+    a.share_traffic("web", {"total_rps": 3.0, "upstream": {}})
+    step(a, b)
+    step(a, b)
+    assert a.peer_traffic("web") == [{"total_rps": 7.0, "upstream": {}}]
+    assert a.peer_traffic("other") == []
+
+
+@pytest.mark.parametrize(
+    ("own", "peer", "rps", "requests", "p95", "total"),
+    [
+        ((10, 5.0, 20.0), (30, 15.0, 80.0), 20.0, 40, 80.0, 20.0),  # rates add, the highest p95 stands
+        ((10, 5.0, None), (30, 15.0, 40.0), 20.0, 40, 40.0, 20.0),  # a p95 unknown on one side
+        ((10, 5.0, 20.0), None, 5.0, 10, 20.0, 5.0),  # a replica only we send to
+    ],
+)
+def test_traffic_from_every_balancer_adds_up(
+    own: tuple[int, float, float | None],
+    peer: tuple[int, float, float] | None,
+    rps: float,
+    requests: int,
+    p95: float,
+    total: float,
+) -> None:
+    from tierscale.balancer.accesslog import UpstreamStats
+    from tierscale.controller.peer_traffic import from_wire, merge, to_wire
+    from tierscale.metrics.base import Traffic
+
+    mine = Traffic({"r:1": UpstreamStats(own[0], own[1], own[2], 0, 0)}, own[1])
+    if peer is None:  # the other balancer sends to another replica only
+        theirs = Traffic({"r:2": UpstreamStats(5, 2.5, None, 0, 0)}, 0.0)
+    else:
+        theirs = Traffic({"r:1": UpstreamStats(peer[0], peer[1], peer[2], 1, 0)}, peer[1])
+    wired = from_wire(to_wire(theirs))
+    assert wired == theirs  # through etcd unchanged
+    merged = merge(mine, [wired])
+    u = merged.upstream["r:1"]
+    assert (u.rps, u.requests, u.p95_ms) == (rps, requests, p95)
+    assert merged.total_rps == pytest.approx(total)
+    assert from_wire({"upstream": {"x": {"rps": "fast"}}}) is None  # another version's figures: left out

@@ -43,6 +43,9 @@ class GroupContext:
     # whether every other controller's balancer has let a draining replica go.
     may_act: Callable[[], bool] = lambda: True
     drained_everywhere: Callable[[str], bool] = lambda replica: True
+    # ha: our balancer's traffic out to the other controllers, and theirs in (wire form: peer_traffic.py).
+    share_traffic: Callable[[dict[str, Any]], None] = lambda body: None
+    peer_traffic: Callable[[], list[Any]] = lambda: []
 
     def __post_init__(self) -> None:
         s = self.s

@@ -60,6 +60,9 @@ class GroupController:
         self.term = GroupTerm(ctx, self.rollouts, leadership)
         ctx.may_act = self.term.acting
         ctx.drained_everywhere = self.term.everyone_drained
+        if leadership is not None:
+            ctx.share_traffic = lambda body: leadership.share_traffic(settings.name, body)
+            ctx.peer_traffic = lambda: leadership.peer_traffic(settings.name)
         self._session: aiohttp.ClientSession | None = None
         self.traffic_log = balancer.traffic_log() if balancer else None
         sources = make_sources(settings.metrics, SourceDeps(self.http, settings.health_timeout * 2))
@@ -226,11 +229,13 @@ class GroupController:
         listed = await self.observer.refresh()
         now = ctx.clock.now()
         acting = ctx.dry_run or self.term.begin()
+        ctx.health.readmit = not acting
         if rt.desired is None:
             if not listed:
                 return None  # nothing is known yet: neither adopt nor create blind
             self._adopt()
         if not acting:  # an ha standby: balance what the leader made, act on nothing
+            await self.observer.traffic(now)  # our balancer's share goes to the leader
             self.term.follow()
             await self.balancing.check()
             await self.balancing.sync()

@@ -65,9 +65,10 @@ class GroupTerm:
         )
 
     def follow(self) -> None:
-        """A standby's pass: the leader's count and drains, acked once our balancer has applied them."""
+        """A standby's pass: the leader's count and drains, acked once our balancer has applied them.
+        (A leader whose acts are paused by a failed renew keeps its own state: it only balances.)"""
         ld, rt = self.leadership, self.ctx.rt
-        if ld is None:
+        if ld is None or ld.leading:
             return
         state = ld.shared.get(self.ctx.s.name) or {}
         desired = state.get("desired")
@@ -79,7 +80,7 @@ class GroupTerm:
 
     def acked(self) -> None:
         """After the balancer sync of a standby pass: tell the leader which drains our balancer holds."""
-        if self.leadership is not None and not self.acting():
+        if self.leadership is not None and not self.leadership.leading:
             self.leadership.ack(self.ctx.s.name, sorted(self.ctx.rt.draining))
 
     def publish(self) -> None:

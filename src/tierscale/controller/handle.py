@@ -135,7 +135,7 @@ class ControllerHandle:
     def standby_of(self) -> tuple[str, str] | None:
         """With `ha:` on a standby: (leader name, its API address) — changes go there. None: we act."""
         ld = getattr(self._controller, "leadership", None)
-        if ld is None or ld.acting():
+        if ld is None or ld.leading:  # a leader whose acts wait for a renew takes changes: they wait too
             return None
         return (ld.leader.name, ld.leader.api) if ld.leader else ("(none yet)", "")
 

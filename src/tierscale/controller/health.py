@@ -39,6 +39,7 @@ class HealthTracker:
     def __init__(self, healthy_after: int, unhealthy_after: int, startup_grace: float) -> None:
         self.healthy_after = healthy_after
         self.unhealthy_after = unhealthy_after
+        self.readmit = False  # an ha standby's view: unhealthy is not final (the leader replaces)
         self.startup_grace = startup_grace
         self.states: dict[str, HealthState] = {}
 
@@ -65,7 +66,11 @@ class HealthTracker:
         st = self.track(replica_id, created_at)
         st.last_checked = now
         if st.unhealthy:
-            return None
+            if not (self.readmit and ok):
+                return None
+            # An ha standby replaces nothing: a replica it lost sight of (its own host cut off) comes back
+            # into its balancer once it answers again, like a new one.
+            st.unhealthy, st.failures, st.successes = False, 0, 0
         if ok:
             st.successes += 1
             st.failures = 0

@@ -38,6 +38,7 @@ class Member:
     role: str
     renewed_at: float  # wall clock of its last renew, as it wrote it
     acked: dict[str, list[str]] = field(default_factory=dict)  # group -> draining replica ids applied
+    traffic: dict[str, Any] = field(default_factory=dict)  # group -> its balancer's figures (peer_traffic)
 
 
 @dataclass
@@ -68,6 +69,8 @@ class Leadership:
         self.store, self.name, self.api, self.ttl = store, name, api, ttl
         self.deadline_after = renew_deadline(ttl)
         self.interval = max(0.1, min(0.5, self.deadline_after / 4))
+        self.fresh_for = 4 * self.interval  # how old the last renew may be for the leader to start an act
+        self._renewed = -math.inf  # monotonic send time of the last renew that landed
         self.leader_key = prefix + "leader"
         self.members_prefix = prefix + "members/"
         self.groups_prefix = prefix + "groups/"
@@ -91,10 +94,20 @@ class Leadership:
         self._outgoing: dict[str, str] = {}
         self._written: dict[str, str] = {}
         self._acks: dict[str, list[str]] = {}
+        self._traffic: dict[str, dict[str, Any]] = {}
 
     # ---- what the groups ask
     def acting(self) -> bool:
-        return self.leading and self._now() < self.deadline
+        # After a failed try the leader holds its acts until a renew lands (it keeps the lease until the
+        # deadline, so nobody else starts meanwhile): a cut-off leader sends nothing more into the cut,
+        # where a request can wait in the kernel and reach the tier after the partition heals.
+        # A try that hangs counts as failed once it is overdue (`fresh_for`).
+        now = self._now()
+        fresh = now - self._renewed < self.fresh_for
+        return self.leading and self.last_error is None and fresh and now < self.deadline
+
+    def past_deadline(self) -> bool:
+        return self._now() >= self.deadline
 
     def deadline_wall(self) -> float:
         """The local acting deadline on the wall clock (for the record: events carry wall time)."""
@@ -105,6 +118,13 @@ class Leadership:
 
     def ack(self, group: str, draining: list[str]) -> None:
         self._acks[group] = sorted(draining)
+
+    def share_traffic(self, group: str, body: dict[str, Any]) -> None:
+        self._traffic[group] = body
+
+    def peer_traffic(self, group: str) -> list[Any]:
+        """The other live members' balancer figures for `group` (a dead member's key went with its lease)."""
+        return [m.traffic[group] for m in self.members.values() if m.name != self.name and group in m.traffic]
 
     def acked_by_all(self, group: str, replica: str) -> bool:
         """Every other live member has taken `replica` out of its balancer."""
@@ -158,6 +178,7 @@ class Leadership:
                 self.term += 1
             self.leading = True
             self.deadline = renewed + self.deadline_after
+            self._renewed = renewed
             for group, body in list(self._outgoing.items()):
                 if self._written.get(group) != body:
                     self.store.put(self.groups_prefix + group, body)
@@ -176,6 +197,7 @@ class Leadership:
             "role": "leader" if self.leading else "standby",
             "renewed_at": self.last_renew,
             "acked": self._acks,
+            "traffic": self._traffic,
         }
         self.store.put(self.members_prefix + self.name, json.dumps(member, sort_keys=True), self.lease)
         members = {}
@@ -216,7 +238,8 @@ class Leadership:
     def view(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "role": "leader" if self.acting() else "standby",
+            "role": "leader" if self.leading else "standby",
+            "acting": self.acting(),
             "leader": self.leader.name if self.leader else None,
             "leader_api": self.leader.api if self.leader else None,
             "lease_ttl": self.ttl,
@@ -243,12 +266,14 @@ def _member(body: str) -> Member | None:
     try:
         data = json.loads(body)
         acked = {str(g): [str(r) for r in ids] for g, ids in dict(data.get("acked", {})).items()}
+        traffic = {str(g): figures for g, figures in dict(data.get("traffic", {})).items()}
         return Member(
             str(data["name"]),
             str(data.get("api", "")),
             str(data.get("role", "")),
             float(data.get("renewed_at", 0.0)),
             acked,
+            traffic,
         )
     except (ValueError, KeyError, TypeError, AttributeError):
         return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 from tierscale.balancer.accesslog import AccessLogReader
 from tierscale.controller.context import GroupContext
 from tierscale.controller.hosts import track_hosts
+from tierscale.controller.peer_traffic import from_wire, merge, to_wire
 from tierscale.controller.state import policy_phase, replica_state
 from tierscale.metrics.base import MetricSource, Observation, Traffic
 from tierscale.policy.types import GroupSnapshot, ReplicaStatus
@@ -90,11 +91,7 @@ class Observer:
         except ProviderError as exc:
             rt.stats = {}
             ctx.event("provider_error", f"cannot read replica stats: {exc}", error=str(exc))
-        traffic = None
-        if self.traffic_log is not None:
-            await ctx.call(self.traffic_log.poll, now)
-            window = ctx.s.metric_window
-            traffic = Traffic(self.traffic_log.stats(window, now), self.traffic_log.totals(window, now).rps)
+        traffic = await self.traffic(now)
         obs = Observation(
             now=now,
             window=ctx.s.sync_period,
@@ -116,6 +113,19 @@ class Observer:
             replicas=statuses,
             metrics=metrics,
         )
+
+    async def traffic(self, now: float) -> Traffic | None:
+        """Our balancer's log over the metric window, shared with the other controllers (ha), plus
+        theirs; None without a balancer log."""
+        if self.traffic_log is None:
+            return None
+        ctx = self.ctx
+        await ctx.call(self.traffic_log.poll, now)
+        window = ctx.s.metric_window
+        own = Traffic(self.traffic_log.stats(window, now), self.traffic_log.totals(window, now).rps)
+        ctx.share_traffic(to_wire(own))
+        peers = [t for t in (from_wire(body) for body in ctx.peer_traffic()) if t is not None]
+        return merge(own, peers)
 
     def _status(self, r: Replica, serving: frozenset[str] | None) -> ReplicaStatus:
         ctx = self.ctx

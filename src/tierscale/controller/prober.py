@@ -76,8 +76,15 @@ class HealthRounds:
         # Console readiness needs no address: the log is read through the tier's API.
         # A replica whose host does not answer keeps the health it had: a cut link would otherwise
         # condemn it (and replace it) before host_timeout says the host is lost.
+        candidates = ctx.active()
+        if ctx.health.readmit:  # an ha standby keeps probing what it condemned: it may come back
+            candidates += [
+                r
+                for r in ctx.rt.replicas.values()
+                if ctx.health.is_unhealthy(r.id) and r.id not in ctx.rt.draining
+            ]
         targets = [
-            r for r in ctx.active() if (r.address or console) and r.state == "running" and ctx.reachable(r)
+            r for r in candidates if (r.address or console) and r.state == "running" and ctx.reachable(r)
         ]
         if not targets:
             return
@@ -95,13 +102,15 @@ class HealthRounds:
                 ctx.event("replica_ready", f"replica {r.id} healthy after {took:.2f}s", r.id, seconds=took)
             elif tr == "unhealthy":
                 changed = True
-                ctx.tm.replacements.labels(ctx.s.name, "unhealthy").inc()
-                ctx.event(
-                    "replica_unhealthy",
-                    f"replica {r.id} unhealthy ({err}); taking it out and replacing it",
-                    r.id,
-                    error=err,
+                standby = ctx.health.readmit
+                if not standby:
+                    ctx.tm.replacements.labels(ctx.s.name, "unhealthy").inc()
+                then = (
+                    "out of our balancer until it answers again"
+                    if standby
+                    else "taking it out and replacing it"
                 )
+                ctx.event("replica_unhealthy", f"replica {r.id} unhealthy ({err}); {then}", r.id, error=err)
         if changed:
             await self.on_change()
             ctx.wake.set()

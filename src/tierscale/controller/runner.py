@@ -142,7 +142,7 @@ class Controller:
             if ld.changes > self._leader_changes_seen:
                 self.telemetry.leader_changes.inc(ld.changes - self._leader_changes_seen)
                 self._leader_changes_seen = ld.changes
-            if ld.leading and not ld.acting():  # the local deadline passed between two tries
+            if ld.leading and ld.past_deadline():  # the local deadline passed between two tries
                 ld.lost_until = ld.deadline_wall()
                 ld.leading = False
                 self._leadership_changed(False, "lease not renewed in time: stopped acting")

@@ -94,7 +94,8 @@ class HaMemberView(_View):
 
 class HaView(_View):
     name: str = Field(description="this controller")
-    role: str = Field(description="leader (acting now) or standby")
+    role: str = Field(description="leader or standby")
+    acting: bool = Field(False, description="a leader whose last renew landed (after a failed one it waits)")
     leader: str | None = Field(None, description="the controller holding the leader key")
     leader_api: str | None = Field(None, description="its API address: manual commands go there")
     lease_ttl: float
