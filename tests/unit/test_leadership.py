@@ -20,6 +20,7 @@ from tierscale.config.revision import template_revision
 from tierscale.config.settings import settings_for
 from tierscale.controller.clock import ManualClock
 from tierscale.controller.group import GroupController
+from tierscale.controller.host_book import HostBook
 from tierscale.controller.leadership import Leadership, renew_deadline
 from tierscale.controller.telemetry import Telemetry
 from tierscale.coordination.base import StoreUnavailable
@@ -234,6 +235,7 @@ class Ctl:
             prober=FakeProber(tier),
             leadership=self.ld,
         )
+        self.gc.ctx.hosts = HostBook(self.store)
 
     async def tick(self) -> None:
         await self.ld.step()
@@ -287,6 +289,11 @@ def test_standby_balances_what_the_leader_makes_and_a_new_leader_keeps_the_count
             if len(tier.replicas) == 2:
                 break
         assert len(tier.replicas) == 2 and not deleted_while_b_routed
+        # a cordon on the leader reaches the standby's book
+        assert a.gc.ctx.hosts is not None and b.gc.ctx.hosts is not None
+        a.gc.ctx.hosts.set("fake-2", "cordoned")
+        await both(2)
+        assert b.gc.ctx.hosts.marks == {"fake-2": "cordoned"}
         # a dies: b takes over after the lease, at a's count, without making or removing anything
         for _ in range(14):
             await b.tick()
@@ -295,6 +302,8 @@ def test_standby_balances_what_the_leader_makes_and_a_new_leader_keeps_the_count
         assert b.gc.desired == 2 and b.gc.paused
         assert len(tier.replicas) == 2 and tier.calls["create"] == 3
         assert b.store.events(GROUP, kinds=("leader_takeover",))
+        assert b.gc.ctx.hosts.marks == {"fake-2": "cordoned"}  # kept by the new leader
+        assert HostBook(b.store).marks == {"fake-2": "cordoned"}  # and in its store, for its restart
 
     async def main() -> None:
         try:

@@ -51,6 +51,7 @@ class GroupTerm:
         rt.paused = bool(state.get("paused", False))
         manual = state.get("manual_desired")
         rt.manual_desired = manual if isinstance(manual, int) else None
+        self._mirror_hosts(state)
         rollout = state.get("rollout")
         if isinstance(rollout, dict):
             ctx.store.put_state(ctx.s.name, STATE_KEY, rollout)
@@ -77,6 +78,13 @@ class GroupTerm:
         rt.paused = bool(state.get("paused", False))
         draining = state.get("draining") or []
         rt.draining = {str(r) for r in draining if str(r) in rt.replicas}
+        self._mirror_hosts(state)
+
+    def _mirror_hosts(self, state: dict[str, Any]) -> None:
+        """The leader's cordons and drains, shown by a standby's `tierscale hosts`, kept by a new leader."""
+        hosts = state.get("hosts")
+        if isinstance(hosts, dict) and self.ctx.hosts is not None:
+            self.ctx.hosts.replace(hosts)
 
     def acked(self) -> None:
         """After the balancer sync of a standby pass: tell the leader which drains our balancer holds."""
@@ -95,6 +103,7 @@ class GroupTerm:
                 "manual_desired": rt.manual_desired,
                 "rollout": asdict(self.rollouts.rec),
                 "draining": sorted(rt.draining),
+                "hosts": dict(self.ctx.hosts.marks) if self.ctx.hosts is not None else {},
             },
         )
 

@@ -33,6 +33,16 @@ class HostBook:
     def draining(self) -> frozenset[str]:
         return frozenset(h for h, m in self.marks.items() if m == "draining")
 
+    def replace(self, marks: dict[str, str]) -> None:
+        """All marks at once (ha: the leader's, as it published them); written only when they differ."""
+        clean: dict[str, HostMark] = {}
+        for h, m in marks.items():
+            if m == "cordoned" or m == "draining":
+                clean[str(h)] = m
+        if clean != self.marks:
+            self.marks = clean
+            self.store.put_state(_BOOK_GROUP, _BOOK_KEY, {"hosts": dict(self.marks)})
+
     def set(self, host: str, mark: HostMark | None) -> None:
         if mark is None:
             self.marks.pop(host, None)
