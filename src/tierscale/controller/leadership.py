@@ -174,7 +174,8 @@ class Leadership:
         if current == self._value:
             if not self.leading:
                 self.inherited = self._read_groups()
-                self._written = {}
+                # What we published in an earlier term is older than what we just inherited.
+                self._outgoing, self._written = {}, {}
                 self.term += 1
             self.leading = True
             self.deadline = renewed + self.deadline_after
