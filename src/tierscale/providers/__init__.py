@@ -53,9 +53,11 @@ __all__ = [
 def _fleet(group: Group, members: Mapping[str, HostProvider], demand: Demand) -> Fleet:
     from tierscale.config.settings import placement_params
 
-    # A host that cannot list within one sync period (1-5 s) counts as not answering for that pass: the
-    # group goes on with the others, and host_timeout runs from there.
-    list_timeout = min(5.0, max(1.0, group.sync_period))
+    # A host that cannot list within one sync period (2-5 s) counts as not answering for that pass: the
+    # group goes on with the others, and host_timeout runs from there. Not under 2 s: a loaded local
+    # libvirtd missed a 1 s deadline in CI, and a false "unreachable" takes every replica of a live host
+    # out of the balancer at once (all of them, with one hypervisor left: 503 "no ready replicas").
+    list_timeout = min(5.0, max(2.0, group.sync_period))
     return Fleet(members, placement_params(group), demand, list_timeout=list_timeout)
 
 
