@@ -24,7 +24,8 @@ fi
 
 # Already up: every service has a live PID and Keystone answers. Then `up` (which re-runs every db sync,
 # ~35 s) has nothing to do.
-if bash "$lite" status 2>/dev/null | grep -q ': down$'; then
+# grep without -q reads to the end: an early exit would SIGPIPE status and pipefail would hide the match.
+if bash "$lite" status 2>/dev/null | grep ': down$' >/dev/null; then
     up=0
 elif [ -f "$BASE/clouds.yaml" ] && curl -fsS -m 5 -o /dev/null http://127.0.0.1:5000/v3; then
     up=1
