@@ -91,6 +91,9 @@ EVENT_KINDS = (
     "rollout_rollback",
     "config_applied",
     "group_unmanaged",
+    "metric_failed",
+    "metric_fallback",
+    "metric_recovered",
 )
 
 

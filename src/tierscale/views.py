@@ -150,6 +150,22 @@ def _ha_line(ha: dict[str, Any]) -> Text:
     return line
 
 
+def _metric_source_line(m: dict[str, Any]) -> Text:
+    """An external metric's source: ok, or failing and what stands in for it."""
+    line = Text(f"  source {m['metric']} ({m['type']}) ", style="bold")
+    state = m.get("state", "?")
+    line.append(
+        state, style="green" if state == "ok" else "red" if state in ("hold", "fallback") else "yellow"
+    )
+    if m.get("last_value") is not None:
+        line.append(f"  last {m['last_value']:g}, {_seconds(m.get('age') or 0.0)} ago")
+    if state != "ok":
+        line.append(f"  failing {_seconds(m.get('failing_for') or 0.0)}; fallback {m.get('fallback')}")
+        if m.get("error"):
+            line.append(f"  ({m['error']})", style="dim")
+    return line
+
+
 def render_status_table(statuses: list[dict[str, Any]]) -> Group:
     """Each group: a summary line, each metric against its target, the replicas, and the last decision."""
     parts: list[Any] = []
@@ -196,6 +212,7 @@ def render_status_table(statuses: list[dict[str, Any]]) -> Group:
         ha = st.get("ha")
         if ha:
             parts.append(_ha_line(ha))
+        parts.extend(_metric_source_line(m) for m in st.get("metric_sources") or [])
         stz = st.get("scale_to_zero")
         if stz:
             line = Text("  scale to zero ", style="bold")

@@ -564,7 +564,7 @@ BAD: list[tuple[str, str, int, str | None, str]] = [
         GROUP + "    metrics:\n      - {type: memory, target: 50}\n",
         7,
         "groups[0].metrics[0].type",
-        "must be one of: cpu, requests_per_replica, latency_p95_ms, prometheus",
+        "must be one of: cpu, requests_per_replica, latency_p95_ms, prometheus, redis, rabbitmq",
     ),
     (
         "metric target zero",
@@ -638,7 +638,7 @@ BAD: list[tuple[str, str, int, str | None, str]] = [
         GROUP + "    threshold:\n      metric: memory\n",
         7,
         "groups[0].threshold.metric",
-        "must be one of: cpu, requests_per_replica, latency_p95_ms, prometheus",
+        "must be one of: cpu, requests_per_replica, latency_p95_ms, prometheus, redis, rabbitmq",
     ),
     (
         "threshold metric not measured",

@@ -277,8 +277,8 @@ def test_predictive_config_and_horizon() -> None:
         ),
         (
             "    policy: predictive\n    metrics: [{type: latency_p95_ms, target: 200}]\n",
-            "c.yaml:7: groups[0].policy: predictive needs a cpu, requests_per_replica or prometheus metric "
-            "to forecast",
+            "c.yaml:7: groups[0].policy: predictive needs a cpu, requests_per_replica, prometheus, redis or "
+            "rabbitmq metric to forecast",
         ),
         (
             "    policy: predictive\n    forecast: {alpha: 0}\n",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import re
 import shlex
+import urllib.parse
 import zoneinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeAlias
@@ -61,6 +62,7 @@ from tierscale.policy.schedule import parse_cron
 
 __all__ = [
     "ERROR_TYPE",
+    "EXTERNAL_METRICS",
     "METRIC_TYPES",
     "TIERS",
     "ApiConfig",
@@ -69,6 +71,7 @@ __all__ = [
     "Config",
     "DockerGroup",
     "DockerTemplate",
+    "ExternalMetric",
     "ForecastConfig",
     "Group",
     "GroupBase",
@@ -82,7 +85,9 @@ __all__ = [
     "ProcessGroup",
     "ProcessTemplate",
     "PrometheusMetric",
+    "RabbitmqMetric",
     "RatePolicyConfig",
+    "RedisMetric",
     "RolloutConfig",
     "ScaleDownRules",
     "ScaleUpRules",
@@ -96,7 +101,14 @@ __all__ = [
 ]
 
 TIERS: tuple[str, ...] = ("process", "docker", "libvirt", "openstack", "swarm")
-METRIC_TYPES: tuple[str, ...] = ("cpu", "requests_per_replica", "latency_p95_ms", "prometheus")
+METRIC_TYPES: tuple[str, ...] = (
+    "cpu",
+    "requests_per_replica",
+    "latency_p95_ms",
+    "prometheus",
+    "redis",
+    "rabbitmq",
+)
 
 
 _LISTEN_HOST = re.compile(r"[A-Za-z0-9.-]+|\*")
@@ -361,8 +373,10 @@ class HealthConfig(_Model):
     startup_grace: Duration = 60.0  # failures while starting do not count until this passes
     # http: GET `path` on the replica's address. console: ready once `console_marker` shows up in the
     # server's console log (for clouds whose instances the controller cannot reach, e.g. cloud-init's
-    # "finished" line); after that it stays healthy while the tier reports it running.
-    type: Literal["http", "console"] = "http"
+    # "finished" line); after that it stays healthy while the tier reports it running. running: healthy
+    # while the tier reports the process, container or domain running (workers with nothing to probe).
+    # tcp: a connection to the replica's address is accepted.
+    type: Literal["http", "console", "running", "tcp"] = "http"
     console_marker: NonEmptyStr | None = None
 
     @model_validator(mode="after")
@@ -379,16 +393,93 @@ class TargetMetric(_Model):
     target: PositiveFloat
 
 
-class PrometheusMetric(_Model):
-    """A group-wide total from Prometheus; the HPA holds total / replicas at `target_per_replica`."""
+class FallbackReplicas(_Model):
+    replicas: NonNegativeInt
 
-    type: Literal["prometheus"]
-    url: Annotated[StrictStr, Field(pattern=r"^https?://.+")]
-    query: NonEmptyStr
+
+def _metric_name(value: Any) -> Any:
+    if isinstance(value, str) and not re.fullmatch(r"[a-z0-9_-]{1,40}", value):
+        raise problem(f"must be 1-40 lowercase letters, digits, '_' or '-' (got {value!r})")
+    return value
+
+
+def _fallback(value: Any) -> Any:
+    if value is None or value == "hold":
+        return None
+    if not isinstance(value, dict):
+        raise problem(f"must be hold or {{replicas: N}} (got {value!r})")
+    return value
+
+
+def _no_password(value: Any) -> Any:
+    if isinstance(value, str) and urllib.parse.urlsplit(value).password is not None:
+        raise problem(
+            "has a password in it: credentials never go in the config; put user:password in the "
+            "environment variable that login_env names"
+        )
+    return value
+
+
+LOGIN_ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ExternalMetric(_Model):
+    """A group-wide total read from outside (a query, a queue): the HPA holds total / replicas at
+    `target_per_replica` (Kubernetes' External metric with an AverageValue target; KEDA's scalers)."""
+
     target_per_replica: PositiveFloat
+    # The metric's label in status, events and tierscale_metric_up; default its type.
+    name: Annotated[StrictStr, AfterValidator(_metric_name)] | None = None
+    # With scale_to_zero: above this the group wakes from 0 (KEDA's activation); at or below it for
+    # idle_after, it goes back to 0. Above zero replicas the HPA maths alone decide.
+    activation: Annotated[StrictFloat | StrictInt, Field(ge=0)] | None = None
+    # A failed read is never a 0: the last good value stands in while younger than this (default two
+    # sync periods), then `fallback` applies: hold (keep the count, the HPA rule) or a fixed count.
+    max_staleness: PositiveDuration | None = None
+    fallback: Annotated[FallbackReplicas | None, BeforeValidator(_fallback)] = None  # None: hold
+    # The environment variable holding `user:password` (or just a password, for Redis) for the url.
+    login_env: Annotated[StrictStr, Field(pattern=LOGIN_ENV.pattern)] | None = None
 
 
-MetricConfig: TypeAlias = Annotated[TargetMetric | PrometheusMetric, Field(discriminator="type")]
+class PrometheusMetric(ExternalMetric):
+    type: Literal["prometheus"]
+    url: Annotated[StrictStr, Field(pattern=r"^https?://.+"), AfterValidator(_no_password)]
+    query: NonEmptyStr
+
+
+class RedisMetric(ExternalMetric):
+    """list: LLEN of `key`; stream: the consumer group's pending entries plus its lag."""
+
+    type: Literal["redis"]
+    url: Annotated[StrictStr, Field(pattern=r"^rediss?://.+"), AfterValidator(_no_password)]
+    kind: Literal["list", "stream"] = "list"
+    key: NonEmptyStr
+    consumer_group: NonEmptyStr | None = None
+
+    @model_validator(mode="after")
+    def _group(self) -> RedisMetric:
+        if self.kind == "stream" and self.consumer_group is None:
+            raise problem("required when kind is stream (whose pending entries count)", "consumer_group")
+        if self.kind == "list" and self.consumer_group is not None:
+            raise problem("only used with kind: stream", "consumer_group")
+        return self
+
+
+class RabbitmqMetric(ExternalMetric):
+    """A queue's depth from the management API: `messages` (ready + unacked) or `messages_ready`."""
+
+    type: Literal["rabbitmq"]
+    url: Annotated[StrictStr, Field(pattern=r"^https?://.+"), AfterValidator(_no_password)]  # management API
+    vhost: NonEmptyStr = "/"
+    queue: NonEmptyStr
+    count: Literal["messages", "messages_ready"] = "messages"
+
+
+EXTERNAL_METRICS: tuple[str, ...] = ("prometheus", "redis", "rabbitmq")
+
+MetricConfig: TypeAlias = Annotated[
+    TargetMetric | PrometheusMetric | RedisMetric | RabbitmqMetric, Field(discriminator="type")
+]
 
 
 class RatePolicyConfig(_Model):
@@ -428,7 +519,9 @@ class BehaviorConfig(_Model):
 
 
 class ThresholdConfig(_Model):
-    metric: Literal["cpu", "requests_per_replica", "latency_p95_ms", "prometheus"] = "cpu"
+    metric: Literal["cpu", "requests_per_replica", "latency_p95_ms", "prometheus", "redis", "rabbitmq"] = (
+        "cpu"
+    )
     upper: StrictFloat = 70.0
     lower: Annotated[StrictFloat, Field(ge=0)] = 20.0
     step: PositiveInt = 1
@@ -461,7 +554,7 @@ class ForecastConfig(_Model):
 
     method: Literal["holt", "seasonal_naive"] = "holt"
     horizon: Annotated[float | None, BeforeValidator(_horizon)] = None
-    metric: Literal["cpu", "requests_per_replica", "prometheus"] | None = None
+    metric: Literal["cpu", "requests_per_replica", "prometheus", "redis", "rabbitmq"] | None = None
     alpha: Annotated[StrictFloat, Field(gt=0, le=1)] = 0.5
     beta: Annotated[StrictFloat, Field(ge=0, le=1)] = 0.2
     season: PositiveDuration = 86400.0
@@ -629,15 +722,24 @@ class GroupBase(_Model):
             )
         if self.scale_to_zero is not None and self.min != 0:
             raise problem(f"needs min: 0 (min is {self.min})", "scale_to_zero")
-        if self.scale_to_zero is not None and self.balancer.type == "none":
-            # Requests that arrive at zero are held by the balancer; without one nothing could wake.
-            raise problem("needs a balancer (balancer.type is none)", "scale_to_zero")
+        external = [m for m in self.metrics if isinstance(m, ExternalMetric)]
+        if self.scale_to_zero is not None and self.balancer.type == "none" and not external:
+            # At zero, either the balancer holds requests or a queue or query says there is work: with
+            # neither, nothing could ever wake the group.
+            raise problem(
+                "needs a balancer or a prometheus, redis or rabbitmq metric to wake on "
+                "(balancer.type is none)",
+                "scale_to_zero",
+            )
         if self.rollout.canary > self.max:
             raise problem(f"must be <= the group's max ({self.max})", "rollout", "canary")
         seen: dict[str, int] = {}
+        names: dict[str, int] = {}
         for i, metric in enumerate(self.metrics):
-            # Several Prometheus queries are fine; the same built-in metric twice is a copy-paste slip.
-            if metric.type != "prometheus" and metric.type in seen:
+            if isinstance(metric, ExternalMetric):
+                self._check_external(metric, i, names)
+            # Several queries or queues are fine; the same built-in metric twice is a copy-paste slip.
+            if not isinstance(metric, ExternalMetric) and metric.type in seen:
                 raise problem(
                     f"duplicate metric {metric.type} (also metrics[{seen[metric.type]}])",
                     "metrics",
@@ -658,6 +760,26 @@ class GroupBase(_Model):
         self._check_schedule()
         return self
 
+    def _check_external(self, metric: ExternalMetric, i: int, names: dict[str, int]) -> None:
+        if metric.name is not None:
+            if metric.name in names:
+                raise problem(
+                    f"duplicate metric name {metric.name!r} (also metrics[{names[metric.name]}])",
+                    "metrics",
+                    i,
+                    "name",
+                )
+            names[metric.name] = i
+        fb = metric.fallback
+        if isinstance(fb, FallbackReplicas) and not self.min <= fb.replicas <= self.max:
+            raise problem(
+                f"must be within the group's [min, max] = [{self.min}, {self.max}] (got {fb.replicas})",
+                "metrics",
+                i,
+                "fallback",
+                "replicas",
+            )
+
     def _check_predictive(self, seen: dict[str, int]) -> None:
         if self.forecast is not None and self.policy != "predictive":
             raise problem("only used with policy: predictive", "forecast")
@@ -667,10 +789,12 @@ class GroupBase(_Model):
         if wanted is not None and wanted not in seen:
             listed = ", ".join(sorted(seen))
             raise problem(f"must be one of the group's metrics ({listed})", "forecast", "metric")
-        if not {"cpu", "requests_per_replica", "prometheus"} & set(seen):
+        if not {"cpu", "requests_per_replica", *EXTERNAL_METRICS} & set(seen):
             # A latency is not a load: it does not add up over replicas, so it cannot be forecast.
             raise problem(
-                "predictive needs a cpu, requests_per_replica or prometheus metric to forecast", "policy"
+                "predictive needs a cpu, requests_per_replica, prometheus, redis or rabbitmq metric "
+                "to forecast",
+                "policy",
             )
 
     def _check_schedule(self) -> None:

@@ -5,10 +5,10 @@ Built here, in `config/`, so that `simulate/` needs `policy/` and `config/` only
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
-from tierscale.config.models import GroupBase
+from tierscale.config.models import EXTERNAL_METRICS, ExternalMetric, FallbackReplicas, GroupBase
 from tierscale.config.revision import template_revision
 from tierscale.config.rollout import RolloutSpec
 from tierscale.config.to_policy import hpa_params, predictive_params, schedule_entries, threshold_params
@@ -19,7 +19,7 @@ from tierscale.policy.schedule import ScheduleEntry
 from tierscale.policy.strategy import PolicyPlan, make_strategy
 from tierscale.policy.types import HpaParams, ThresholdParams
 
-__all__ = ["GroupSettings", "HoldSpec", "MetricSpec", "placement_params", "settings_for"]
+__all__ = ["GroupSettings", "HoldSpec", "MetricSpec", "metric_specs", "placement_params", "settings_for"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,26 @@ class MetricSpec:
     target: float
     url: str | None = None
     query: str | None = None
+    name: str = ""  # its label in status, events and metrics: the config's `name`, or the type
+    # External metrics (prometheus, redis, rabbitmq) only:
+    activation: float | None = None
+    max_staleness: float = 10.0
+    fallback_replicas: int | None = None  # None: hold
+    kind: str | None = None  # redis: list | stream
+    key: str | None = None
+    consumer_group: str | None = None
+    vhost: str | None = None  # rabbitmq
+    queue: str | None = None
+    count: str | None = None
+    login_env: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or self.type
+
+    @property
+    def external(self) -> bool:
+        return self.type in EXTERNAL_METRICS
 
 
 @dataclass(frozen=True)
@@ -65,7 +85,7 @@ class GroupSettings:
     drain_timeout: float
     stop_grace: float = 5.0
     metric_window: float = 10.0
-    health_type: str = "http"  # http | console
+    health_type: str = "http"  # http | console | running | tcp
     console_marker: str | None = None
     forecast: PredictiveParams = field(default_factory=PredictiveParams)  # policy: predictive
     schedule: tuple[ScheduleEntry, ...] = ()
@@ -84,8 +104,16 @@ class GroupSettings:
         return PolicyPlan(strategy, self.hpa, self.schedule, params)
 
 
+def _by_type(specs: tuple[MetricSpec, ...], wanted: str | None) -> str | None:
+    """`threshold.metric` and `forecast.metric` name a type; the policy sees labels (redis → jobs)."""
+    return next((m.label for m in specs if m.type == wanted), wanted)
+
+
 def settings_for(group: GroupBase) -> GroupSettings:
     h, r, z = group.health, group.rollout, group.scale_to_zero
+    metrics = metric_specs(group)
+    threshold = threshold_params(group)
+    forecast = predictive_params(group)
     return GroupSettings(
         name=group.name,
         tier=group.tier,
@@ -101,18 +129,10 @@ def settings_for(group: GroupBase) -> GroupSettings:
         health_type=h.type,
         console_marker=h.console_marker,
         policy=group.policy,
-        metrics=tuple(
-            MetricSpec(
-                type=m.type,
-                target=float(m.target if m.type != "prometheus" else m.target_per_replica),  # type: ignore[union-attr]
-                url=getattr(m, "url", None),
-                query=getattr(m, "query", None),
-            )
-            for m in group.metrics
-        ),
+        metrics=metrics,
         hpa=hpa_params(group),
-        threshold=threshold_params(group),
-        forecast=predictive_params(group),
+        threshold=replace(threshold, metric=_by_type(metrics, threshold.metric) or threshold.metric),
+        forecast=replace(forecast, metric=_by_type(metrics, forecast.metric)),
         schedule=schedule_entries(group),
         scale_in_order=group.scale_in_order,
         drain_timeout=group.drain_timeout,
@@ -134,6 +154,40 @@ def settings_for(group: GroupBase) -> GroupSettings:
         placement=placement_params(group),
         host_timeout=group.host_timeout,
     )
+
+
+def metric_specs(group: GroupBase) -> tuple[MetricSpec, ...]:
+    out: list[MetricSpec] = []
+    taken: set[str] = set()
+    for i, m in enumerate(group.metrics):
+        if not isinstance(m, ExternalMetric):
+            out.append(MetricSpec(type=m.type, target=float(m.target), name=m.type))
+            taken.add(m.type)
+            continue
+        # Several queries or queues of one type each get their own label: metrics[2] unnamed → redis-2.
+        name = m.name or (m.type if m.type not in taken else f"{m.type}-{i}")
+        taken.add(name)
+        fb = m.fallback
+        out.append(
+            MetricSpec(
+                type=m.type,
+                target=float(m.target_per_replica),
+                url=m.url,  # type: ignore[attr-defined]
+                query=getattr(m, "query", None),
+                name=name,
+                activation=None if m.activation is None else float(m.activation),
+                max_staleness=m.max_staleness if m.max_staleness is not None else 2 * group.sync_period,
+                fallback_replicas=fb.replicas if isinstance(fb, FallbackReplicas) else None,
+                kind=getattr(m, "kind", None),
+                key=getattr(m, "key", None),
+                consumer_group=getattr(m, "consumer_group", None),
+                vhost=getattr(m, "vhost", None),
+                queue=getattr(m, "queue", None),
+                count=getattr(m, "count", None),
+                login_env=m.login_env,
+            )
+        )
+    return tuple(out)
 
 
 def placement_params(group: GroupBase) -> PlacementParams:

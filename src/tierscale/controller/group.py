@@ -22,8 +22,9 @@ from tierscale.controller.context import GroupContext
 from tierscale.controller.group_term import GroupTerm
 from tierscale.controller.holding import QUICK_PROBE_TIMEOUT, Holding
 from tierscale.controller.leadership import Leadership
+from tierscale.controller.metric_watch import views as metric_views
 from tierscale.controller.observer import Observer
-from tierscale.controller.prober import ConsoleProber, HealthRounds, HttpProber, Prober
+from tierscale.controller.prober import HealthRounds, Prober, make_prober
 from tierscale.controller.reconciler import Reconciler
 from tierscale.controller.revisions import Templates
 from tierscale.controller.rollout import Rollouts
@@ -69,12 +70,7 @@ class GroupController:
         self.observer = Observer(ctx, sources, self.traffic_log)
         self.balancing = BalancerSync(ctx)
         self.reconciler = Reconciler(ctx, self.balancing.sync, self.rollouts)
-        if prober is None:
-            if settings.health_type == "console":
-                prober = ConsoleProber(ctx)
-            else:
-                prober = HttpProber(self.http, settings.health_path, settings.health_timeout)
-        self.health_rounds = HealthRounds(ctx, prober, self.balancing.sync)
+        self.health_rounds = HealthRounds(ctx, prober or make_prober(ctx, self.http), self.balancing.sync)
         self.holding = Holding(ctx)
         # Called with (now, status) after every pass: the API keeps its chart series here.
         self.status_listeners: list[StatusListener] = []
@@ -107,6 +103,7 @@ class GroupController:
         status.scale_to_zero = self.holding.view(self._last_request())
         if self.term.leadership is not None:
             status.ha = HaView.model_validate(self.term.leadership.view())
+        status.metric_sources = metric_views(self.ctx, self.ctx.clock.now())
         return status
 
     def _last_request(self) -> float | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from tierscale.balancer.accesslog import AccessLogReader
 from tierscale.controller.context import GroupContext
 from tierscale.controller.hosts import track_hosts
+from tierscale.controller.metric_watch import watch
 from tierscale.controller.peer_traffic import from_wire, merge, to_wire
 from tierscale.controller.state import policy_phase, replica_state
 from tierscale.metrics.base import MetricSource, Observation, Traffic
@@ -100,7 +101,8 @@ class Observer:
             stats=rt.stats,
             traffic=traffic,
         )
-        metrics = tuple([await source.read(obs) for source in self.sources])
+        read = [await source.read(obs) for source in self.sources]
+        metrics = watch(ctx, [source.spec for source in self.sources], read, now)
         for mi in metrics:
             ctx.tm.metric_target.labels(ctx.s.name, mi.name).set(mi.target)
         serving = ctx.serving()

@@ -1,12 +1,14 @@
 """Health rounds: probe every running replica, admit the healthy to the balancer, condemn the broken.
 
-How one replica is probed is a `Prober`: an HTTP GET (the default), the tier's console log (clouds whose
-instances the controller cannot reach), or in tests the fake tier's own switch.
+How one replica is probed is a `Prober`: an HTTP GET (the default), a TCP connect, the tier's console log
+(clouds whose instances the controller cannot reach), the tier's own running state (queue workers), or
+in tests the fake tier's own switch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -51,6 +53,47 @@ class ConsoleProber:
         return False, "console marker not seen yet"
 
 
+class RunningProber:
+    """Healthy while the tier reports it running: a queue worker has nothing else to probe. The probe
+    rounds only ever see running replicas, so this answers yes; a replica that exits is the tier's
+    `failed`, and replaced as such."""
+
+    async def __call__(self, r: Replica) -> tuple[bool, str | None]:
+        return (True, None) if r.state == "running" else (False, f"state {r.state}")
+
+
+class TcpProber:
+    """Healthy when the replica's address accepts a connection (a service that speaks no HTTP)."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+
+    async def __call__(self, r: Replica) -> tuple[bool, str | None]:
+        host, _, port = (r.address or "").rpartition(":")
+        try:
+            _reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host.strip("[]"), int(port)), self.timeout
+            )
+        except (OSError, ValueError, TimeoutError) as exc:
+            return False, f"tcp {r.address}: {exc or type(exc).__name__}"
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True, None
+
+
+def make_prober(ctx: GroupContext, session: Callable[[], aiohttp.ClientSession]) -> Prober:
+    """The prober for the group's `health.type`."""
+    s = ctx.s
+    if s.health_type == "console":
+        return ConsoleProber(ctx)
+    if s.health_type == "running":
+        return RunningProber()
+    if s.health_type == "tcp":
+        return TcpProber(s.health_timeout)
+    return HttpProber(session, s.health_path, s.health_timeout)
+
+
 class HealthRounds:
     def __init__(self, ctx: GroupContext, prober: Prober, on_change: Callable[[], Awaitable[None]]) -> None:
         self.ctx = ctx
@@ -72,8 +115,8 @@ class HealthRounds:
 
     async def probe_all(self) -> None:
         ctx = self.ctx
-        console = ctx.s.health_type == "console"
-        # Console readiness needs no address: the log is read through the tier's API.
+        console = ctx.s.health_type in ("console", "running")
+        # Console and running readiness need no address: the tier's API answers them.
         # A replica whose host does not answer keeps the health it had: a cut link would otherwise
         # condemn it (and replace it) before host_timeout says the host is lost.
         candidates = ctx.active()

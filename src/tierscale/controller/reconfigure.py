@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from tierscale.balancer.base import Balancer, BalancerError
 from tierscale.config.settings import GroupSettings
 from tierscale.controller.group import GroupController
-from tierscale.controller.prober import ConsoleProber, HttpProber, Prober
+from tierscale.controller.prober import Prober, make_prober
 from tierscale.metrics.registry import SourceDeps, make_sources
 from tierscale.providers.base import Provider
 
@@ -57,11 +57,7 @@ async def reconfigure(gc: GroupController, parts: NewParts) -> None:
         old.health_timeout,
         old.console_marker,
     ):
-        gc.health_rounds.prober = (
-            ConsoleProber(ctx)
-            if new.health_type == "console"
-            else HttpProber(gc.http, new.health_path, new.health_timeout)
-        )
+        gc.health_rounds.prober = make_prober(ctx, gc.http)
     if parts.balancer is not KEEP:
         await _swap_balancer(gc, parts.balancer)  # type: ignore[arg-type]
     elif new.scale_to_zero != old.scale_to_zero:

@@ -22,6 +22,7 @@ from tierscale.balancer.nginx import NginxBalancer
 from tierscale.config.models import Config, GroupBase
 from tierscale.config.settings import settings_for
 from tierscale.controller.clock import Clock, WallClock
+from tierscale.controller.file_sd import PrometheusTargets
 from tierscale.controller.group import GroupController
 from tierscale.controller.handle import ControllerHandle
 from tierscale.controller.host_book import HostBook
@@ -112,6 +113,8 @@ class Controller:
         )
         sink.append(gc.ctx.provider_event)
         gc.ctx.hosts = self.hosts
+        if not self.dry_run:
+            gc.status_listeners.append(PrometheusTargets(self.state_dir, g.name, g.tier))
         self.templates[g.name] = templates
         self.telemetry.init_group(g.name, g.tier)
         if self.leadership is not None:
@@ -289,6 +292,9 @@ class Controller:
             "(`tierscale down` removes them)",
         )
         gc.provider.close()
+        for listener in gc.status_listeners:
+            if isinstance(listener, PrometheusTargets):  # nobody keeps its targets current any more
+                listener.remove()
         self.store.clear_status(name)
         self.telemetry.forget_group(name)
         self._unlock(name)

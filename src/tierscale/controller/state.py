@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from tierscale.controller.health import HealthTracker
+from tierscale.policy.metric_freshness import Freshness
 from tierscale.policy.types import Decision, Phase, PolicyState
 from tierscale.providers.base import Replica, ReplicaStats
 
@@ -93,6 +94,7 @@ class GroupRuntime:
     draining: set[str] = field(default_factory=set)
     creating: int = 0
     policy_state: PolicyState = field(default_factory=PolicyState)
+    freshness: dict[str, Freshness] = field(default_factory=dict)  # external metrics, by label
     last_decision: Decision | None = None
     paused: bool = False
     manual_desired: int | None = None

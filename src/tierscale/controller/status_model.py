@@ -104,6 +104,20 @@ class HaView(_View):
     members: list[HaMemberView] = Field(default_factory=list)
 
 
+class MetricSourceView(_View):
+    metric: str = Field(description="the metric's name (its type unless named)")
+    type: str = Field(description="prometheus, redis or rabbitmq")
+    state: str = Field(
+        description="ok; stale (source failing, last value in use); fallback (fixed count); hold"
+    )
+    last_value: float | None = Field(None, description="the last value read successfully")
+    age: float | None = Field(None, description="seconds since that read")
+    failing_for: float | None = Field(None, description="seconds since the source started failing")
+    error: str | None = None
+    max_staleness: float
+    fallback: str = Field(description="hold, or replicas: N")
+
+
 class GroupStatus(_View):
     group: str
     tier: str
@@ -128,3 +142,6 @@ class GroupStatus(_View):
     rollout: RolloutView | None = None
     scale_to_zero: ScaleToZeroView | None = None
     ha: HaView | None = Field(None, description="with `ha:`: the election as this controller sees it")
+    metric_sources: list[MetricSourceView] = Field(
+        default_factory=list, description="external metrics (prometheus, redis, rabbitmq): source state"
+    )

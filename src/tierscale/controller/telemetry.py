@@ -74,6 +74,14 @@ class Telemetry:
             ["group", "instance"],
             registry=r,
         )
+        # 1 when the metric's last read worked; 0 while its source fails (a stale value, a fallback or a
+        # hold stands in: tierscale_metric_value says which number the policy used).
+        self.metric_up = Gauge(
+            "tierscale_metric_up",
+            "The metric's source answered on the last read (1) or failed (0)",
+            ["group", "metric"],
+            registry=r,
+        )
         self.leader_changes = Counter(
             "tierscale_leader_changes", "Times this controller saw the leader change", registry=r
         )
@@ -95,6 +103,7 @@ class Telemetry:
             self.cold_start_seconds,
             self.held_requests,
             self.leader,
+            self.metric_up,
         ):
             for labels in [k for k in list(metric._metrics) if k and k[0] == group]:
                 metric.remove(*labels)

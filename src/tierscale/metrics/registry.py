@@ -12,6 +12,7 @@ from tierscale.metrics.balancer_log import LatencySource, RequestRateSource
 from tierscale.metrics.base import MetricSource
 from tierscale.metrics.cpu import CpuSource
 from tierscale.metrics.prometheus import PrometheusSource
+from tierscale.metrics.queues import RabbitmqSource, RedisSource
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ SOURCES: dict[str, Callable[[MetricSpec, SourceDeps], MetricSource]] = {
     "requests_per_replica": lambda spec, _deps: RequestRateSource(spec),
     "latency_p95_ms": lambda spec, _deps: LatencySource(spec),
     "prometheus": lambda spec, deps: PrometheusSource(spec, deps.session, deps.timeout),
+    "redis": lambda spec, deps: RedisSource(spec, deps.timeout),
+    "rabbitmq": lambda spec, deps: RabbitmqSource(spec, deps.session, deps.timeout),
 }
 
 

@@ -113,7 +113,8 @@ def _propose(
             value = calc.usage / 1000.0
         else:
             if m.total is None:
-                raise MetricError(f"unable to get external metric {m.name}: the source returned no value")
+                why = m.error or "the source returned no value"
+                raise MetricError(f"unable to get external metric {m.name}: {why}")
             calc = external_per_pod_replicas(
                 snap.current_replicas, [_milli(m.total)], _milli(m.target), params.tolerance
             )

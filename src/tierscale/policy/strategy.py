@@ -16,6 +16,7 @@ from tierscale.policy.scale_to_zero import (
     ScaleToZeroParams,
     at_zero,
     floor_at_one,
+    note_activity,
     remember_wake,
     to_zero_when_idle,
 )
@@ -87,11 +88,13 @@ def policy_step(plan: PolicyPlan, snap: GroupSnapshot, state: PolicyState) -> tu
     if stz is None:
         decision, state = plan.strategy.decide(scheduled_snap, state)
     elif snap.current_replicas == 0:
+        state = note_activity(state, snap)
         decision = at_zero(stz, scheduled_snap)
         state = remember_wake(state, decision)
     else:
+        state = note_activity(state, snap)
         decision, state = plan.strategy.decide(floor_at_one(scheduled_snap), state)
-        decision = to_zero_when_idle(stz, scheduled_snap, decision)
+        decision = to_zero_when_idle(stz, scheduled_snap, decision, state.last_active_at)
     decision = note_schedule(decision, note)
     if decision.desired != decision.current:
         state = record_scale(plan.hpa, state, decision.current, decision.desired, snap.now)

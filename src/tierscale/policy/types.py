@@ -42,6 +42,11 @@ class MetricInput:
     total: float | None = None  # kind == "total" only; None means the source failed
     sample_time: float | None = None  # when the per-replica samples were taken (CPU readiness rules)
     sample_window: float = 0.0
+    # External totals (a query, a queue), with scale_to_zero: the total above which there is work (wake
+    # from 0, stay above 0). None: not a signal of work (the balancer's own request rate is a total too,
+    # but held requests and the request log already speak for it).
+    activation: float | None = None
+    error: str | None = None  # why `total` is None, in the source's words
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,9 @@ class PolicyState:
     scale_down_events: tuple[ScaleEvent, ...] = ()
     last_scale_at: float | None = None  # threshold cooldown
     forecast: ForecastState | None = None  # policy: predictive only
+    # scale_to_zero: the last time an external metric said there is work (or could not say: unknown is
+    # never idle). Seeded with the first look, so a fresh controller waits idle_after before emptying.
+    last_active_at: float | None = None
 
 
 @dataclass(frozen=True)
