@@ -10,6 +10,12 @@ the same N ms and answers the GET fields plus ``"method": "POST"``, ``"bytes"`` 
 ``"fnv1a"`` (its 64-bit FNV-1a hash, 16 lowercase hex digits), so a client can check that its upload
 arrived intact. POST on ``/healthz`` is 405. images/workload/workload.c answers byte for byte the same.
 
+``GET /metrics`` answers the Prometheus text format (0.0.4), so a Prometheus has something real to scrape
+and to scale on: ``tierscale_demo_requests_total{code,path}`` (every response, ``path`` one of
+``/work``, ``/healthz``, ``/metrics``, ``other``), ``tierscale_demo_requests_in_flight`` and
+``tierscale_demo_work_cpu_seconds_total`` (the CPU ``/work`` was asked to burn). POST on it is 405.
+The C workload has no ``/metrics`` yet (404).
+
 Standard library only and no syntax newer than Python 3.7 (with the ``__future__`` import), because this
 single file is also copied as-is into the demo container and VM images, whose Python may be old.
 """
@@ -33,6 +39,9 @@ LINGER_SECONDS = 1.0  # how long a refused request's unread body is drained befo
 FNV64_OFFSET = 0xCBF29CE484222325
 FNV64_PRIME = 0x100000001B3
 _READ_CHUNK = 65536
+# `path` label values: a fixed set, so a client cannot grow the series without bound with made-up paths.
+ROUTES = ("/work", "/healthz", "/metrics")
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DRAIN_SECONDS = 5.0  # how long SIGTERM waits for in-flight requests
 _POLL_INTERVAL = 0.1  # serve_forever's shutdown latency; the default 0.5 s delays SIGTERM handling
 
@@ -78,6 +87,42 @@ class WorkloadServer(ThreadingHTTPServer):
         # connections do not hold up a graceful stop.
         self._inflight = 0
         self._cond = threading.Condition()
+        self._stats_lock = threading.Lock()
+        # Present at 0 from the start: Prometheus' rate() cannot see a counter's first increment, so
+        # a series born at 1 would lose the first request of a scale-out signal.
+        self._requests: dict[tuple[str, str], int] = {("200", "/work"): 0}
+        self._work_cpu_seconds = 0.0
+
+    def count_response(self, code: int, path: str) -> None:
+        route = path if path in ROUTES else "other"
+        with self._stats_lock:
+            key = (str(code), route)
+            self._requests[key] = self._requests.get(key, 0) + 1
+
+    def count_work(self, ms: int) -> None:
+        with self._stats_lock:
+            self._work_cpu_seconds += ms / 1000.0
+
+    def metrics_text(self) -> str:
+        """The exposition, in the Prometheus text format; series sorted so scrapes are stable."""
+        with self._stats_lock:
+            requests = sorted(self._requests.items())
+            cpu = self._work_cpu_seconds
+        lines = [
+            "# HELP tierscale_demo_requests_total Responses sent, by status code and route.",
+            "# TYPE tierscale_demo_requests_total counter",
+        ]
+        # Label values are a status code and one of ROUTES or "other": nothing that needs escaping.
+        lines += [f'tierscale_demo_requests_total{{code="{c}",path="{p}"}} {n}' for (c, p), n in requests]
+        lines += [
+            "# HELP tierscale_demo_requests_in_flight Requests being served, this scrape included.",
+            "# TYPE tierscale_demo_requests_in_flight gauge",
+            f"tierscale_demo_requests_in_flight {self.inflight()}",
+            "# HELP tierscale_demo_work_cpu_seconds_total CPU time /work requests asked to burn.",
+            "# TYPE tierscale_demo_work_cpu_seconds_total counter",
+            f"tierscale_demo_work_cpu_seconds_total {cpu!r}",
+        ]
+        return "\n".join(lines) + "\n"
 
     def request_started(self) -> None:
         with self._cond:
@@ -121,6 +166,9 @@ class WorkloadHandler(BaseHTTPRequestHandler):
 
     def handle_one_request(self) -> None:
         self._counted = False
+        # The handler lives as long as the connection: a request line too long or malformed to parse
+        # must not be counted under the previous request's path.
+        self.path = ""
         try:
             super().handle_one_request()
         finally:
@@ -133,6 +181,12 @@ class WorkloadHandler(BaseHTTPRequestHandler):
         self.server.request_started()
         self._counted = True
         return super().parse_request()
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        # Every final response passes here, the library's own errors (400, 414, 501) included; the
+        # 100 Continue interim answer does not (send_response_only), so it is not a request of its own.
+        self.server.count_response(int(code), urlsplit(self.path).path)
+        super().send_response(code, message)
 
     def do_GET(self) -> None:
         self._discard_body()
@@ -155,7 +209,7 @@ class WorkloadHandler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         if parts.path == "/work":
             self._work(parts.query, {"method": "POST", "bytes": size, "fnv1a": f"{digest:016x}"})
-        elif parts.path == "/healthz":
+        elif parts.path in ("/healthz", "/metrics"):
             self._send_json(405, {"error": "method not allowed", "method": "POST"}, headers={"Allow": "GET"})
         else:
             self._send_json(404, {"error": "not found", "path": parts.path})
@@ -220,6 +274,8 @@ class WorkloadHandler(BaseHTTPRequestHandler):
             self._send(200, b"ok", "text/plain; charset=utf-8")
         elif parts.path == "/work":
             self._work(parts.query)
+        elif parts.path == "/metrics":
+            self._send(200, self.server.metrics_text().encode(), METRICS_CONTENT_TYPE)
         else:
             self._send_json(404, {"error": "not found", "path": parts.path})
 
@@ -235,6 +291,7 @@ class WorkloadHandler(BaseHTTPRequestHandler):
             return
         ms = min(ms, self.server.max_ms)
         burn_cpu(ms)
+        self.server.count_work(ms)
         self._send_json(200, {"instance": self.server.instance, "ms": ms, **(extra or {})})
 
     def _send_json(

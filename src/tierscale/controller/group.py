@@ -33,6 +33,7 @@ from tierscale.controller.status_view import group_status, rollout_view
 from tierscale.controller.telemetry import Telemetry
 from tierscale.eventstore import EventStore
 from tierscale.metrics.registry import SourceDeps, make_sources
+from tierscale.policy.schedule import apply_schedule
 from tierscale.policy.strategy import policy_step
 from tierscale.policy.types import Decision, GroupSnapshot
 from tierscale.providers.base import Provider
@@ -274,6 +275,9 @@ class GroupController:
             )
         # The same step the simulator takes: schedule, strategy, and the scale recorded in the history.
         decision, rt.policy_state = policy_step(s.plan, snap, rt.policy_state)
+        bounds, _ = apply_schedule(s.plan.schedule, snap)
+        self.ctx.tm.min_replicas.labels(s.name).set(bounds.min_replicas)
+        self.ctx.tm.max_replicas.labels(s.name).set(bounds.max_replicas)
         return decision
 
     def _record(self, decision: Decision, now: float) -> None:

@@ -20,6 +20,9 @@ class Telemetry:
         r = self.registry
         self.replicas = Gauge("tierscale_replicas", "Replicas by state", ["group", "state"], registry=r)
         self.desired = Gauge("tierscale_desired_replicas", "Desired replica count", ["group"], registry=r)
+        # The bounds in force (a `schedule:` entry's when one is active): "at max for 10 m" is an alert.
+        self.min_replicas = Gauge("tierscale_min_replicas", "The group's min in force", ["group"], registry=r)
+        self.max_replicas = Gauge("tierscale_max_replicas", "The group's max in force", ["group"], registry=r)
         self.metric_value = Gauge(
             "tierscale_metric_value", "Observed value of each scaling metric", ["group", "metric"], registry=r
         )
@@ -91,6 +94,8 @@ class Telemetry:
         for metric in (
             self.replicas,
             self.desired,
+            self.min_replicas,
+            self.max_replicas,
             self.metric_value,
             self.metric_target,
             self.scale_events,
@@ -130,6 +135,8 @@ class Telemetry:
         for state in REPLICA_STATES:
             self.replicas.labels(group, state)
         self.desired.labels(group)
+        self.min_replicas.labels(group)
+        self.max_replicas.labels(group)
         for result in ROLLOUT_RESULTS:
             self.rollouts.labels(group, result)
         self.provision_seconds.labels(group, tier)
