@@ -111,6 +111,18 @@ class Prometheus:
         except OSError as exc:
             return str(exc)
 
+    def restart(self, timeout: float = 30.0) -> None:
+        """Start it again on the same port and data (a source back after an outage), and wait for it."""
+        self.stop()
+        self.proc = _start(
+            require_prometheus(), self.dir / "prometheus.yml", self.dir / "data", self.log, self.port
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None and not self.ready():
+            time.sleep(0.1)
+        if not self.ready():
+            raise PrometheusError(f"prometheus not ready again after {timeout:g}s: {self.log_tail()}")
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
