@@ -377,8 +377,25 @@ def load(url: str, rps: float, duration: str, path: str | None, timeout: float, 
 @main.command()
 @click.option(
     "--trace",
-    metavar="CSV",
-    help="CSV with t_seconds,requests_per_second (each rate held until the next row).",
+    metavar="FILE",
+    help="Request-rate trace: CSV (t_seconds,requests_per_second, or any time and value column) or the "
+    "JSON of Prometheus' query_range; each rate held until the next row.",
+)
+@click.option("--time-col", metavar="NAME", help="CSV column with the times (default: t_seconds, time, ...).")
+@click.option(
+    "--value-col",
+    metavar="NAME",
+    help="CSV column with the values (default: requests_per_second, value, ...).",
+)
+@click.option(
+    "--counts", is_flag=True, help="Values are requests per row, not per second: divide by the step."
+)
+@click.option(
+    "--max-gap",
+    default="1h",
+    metavar="DURATION",
+    show_default=True,
+    help="Fill missing rows by linear interpolation over gaps up to this long ('none': any).",
 )
 @click.option(
     "--config",
@@ -424,12 +441,17 @@ def load(url: str, rps: float, duration: str, path: str | None, timeout: float, 
 @click.option(
     "--start",
     metavar="ISO",
-    help="Wall-clock time of trace t=0, for schedules (ISO 8601; default 1970-01-01Z).",
+    help="Wall-clock time of trace t=0, for schedules (ISO 8601; default: the trace's first time if it has "
+    "real times, else 1970-01-01Z).",
 )
 @click.option("--no-plots", is_flag=True, help="Skip the PNG and the plot in the HTML page.")
 @click.argument("more", nargs=-1, metavar="[FILE...]")
 def simulate(
     trace: str | None,
+    time_col: str | None,
+    value_col: str | None,
+    counts: bool,
+    max_gap: str,
     config: str | None,
     group: str | None,
     out: str | None,
@@ -470,6 +492,10 @@ def simulate(
         seed=int(seed),
         start=start,
         plots=not no_plots,
+        time_col=time_col,
+        value_col=value_col,
+        counts=counts,
+        max_gap=max_gap,
     )
     try:
         report = run_simulation(opts)

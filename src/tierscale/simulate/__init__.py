@@ -9,7 +9,7 @@ from tierscale.simulate.command import SimOptions, SimReport, run_simulation
 from tierscale.simulate.metrics import elasticity, overflow_share, replica_hours
 from tierscale.simulate.model import CapacityModel, DelayModel, Grid, build_grid, parse_delay
 from tierscale.simulate.run import SimRun, simulate
-from tierscale.simulate.trace import SimInputError, Trace, load_trace
+from tierscale.simulate.trace import SimInputError, Trace, TraceLoad, load_trace
 
 __all__ = [
     "CapacityModel",
@@ -20,6 +20,7 @@ __all__ = [
     "SimReport",
     "SimRun",
     "Trace",
+    "TraceLoad",
     "build_grid",
     "elasticity",
     "load_trace",

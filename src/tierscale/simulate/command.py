@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from tierscale.config import TIER_PROVISIONING_DELAY, ConfigError, load_config, predictive_params
+from tierscale.config.durations import format_duration
 from tierscale.config.settings import GroupSettings, settings_for
 from tierscale.simulate.compare import Result, measure
 from tierscale.simulate.model import (
@@ -24,7 +25,15 @@ from tierscale.simulate.model import (
 from tierscale.simulate.oracle import oracle
 from tierscale.simulate.report import format_tables, plot, summary, write_html, write_json
 from tierscale.simulate.run import simulate
-from tierscale.simulate.trace import SimInputError, Trace, load_trace, parse_window, select_window
+from tierscale.simulate.trace import (
+    DEFAULT_MAX_GAP,
+    SimInputError,
+    Trace,
+    load_trace,
+    parse_max_gap,
+    parse_window,
+    select_window,
+)
 
 __all__ = ["SimOptions", "SimReport", "load_group", "run_simulation"]
 
@@ -41,7 +50,11 @@ class SimOptions:
     capacity: str = "auto"
     utilization: float = 70.0  # percent
     seed: int = 0
-    start: str | None = None  # wall-clock time of trace t = 0 (schedules)
+    start: str | None = None  # wall-clock time of trace t = 0 (schedules); None: the trace's own, or 1970
+    time_col: str | None = None  # CSV column names (None: the obvious names, else the first two columns)
+    value_col: str | None = None
+    counts: bool = False  # values are requests per row, not per second
+    max_gap: str = format_duration(DEFAULT_MAX_GAP)  # longest run of missing rows filled; "none": any
     plots: bool = True
     oracle: bool = True
 
@@ -89,9 +102,7 @@ def _number(text: str, what: str, low: float, high: float = math.inf) -> float:
     return value
 
 
-def _epoch(text: str | None) -> float:
-    if text is None:
-        return 0.0
+def _epoch(text: str) -> float:
     try:
         dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -150,13 +161,21 @@ def _run_one(
 
 
 def run_simulation(opts: SimOptions) -> SimReport:
-    trace: Trace = load_trace(opts.trace)
+    trace: Trace = load_trace(
+        opts.trace,
+        time_col=opts.time_col,
+        value_col=opts.value_col,
+        counts=opts.counts,
+        max_gap=parse_max_gap(opts.max_gap),
+    )
     if opts.window:
         trace = select_window(trace, *parse_window(opts.window))
     speed = _number(str(opts.speed), "--speed", 0.0)
     utilization = _number(str(opts.utilization), "--utilization", 0.0, 100.0) / 100.0
-    # The simulated wall clock (what schedules see): --start is trace t = 0, so a window starts later.
-    epoch = _epoch(opts.start) + trace.start
+    # The simulated wall clock (what schedules see): --start is trace t = 0, so a window starts later. A
+    # file with real times brings its own clock; --start still wins, to replay it on another day.
+    base = _epoch(opts.start) if opts.start is not None else (trace.epoch or 0.0)
+    epoch = base + trace.start
     names = _names(opts.configs)
     groups = [load_group(p, opts.group) for p in opts.configs]
     first = groups[0]
@@ -193,6 +212,7 @@ def run_simulation(opts: SimOptions) -> SimReport:
             "peak_rps": float(trace.rates.max()),
             "window": opts.window,
             "speed": speed,
+            **_load_info(trace),
         },
         "model": {
             "capacity_rps": capacity,
@@ -215,12 +235,55 @@ def run_simulation(opts: SimOptions) -> SimReport:
     return report
 
 
+def _load_info(trace: Trace) -> dict[str, Any]:
+    ld = trace.load
+    return {
+        "format": ld.format,
+        "times": ld.times,
+        "columns": list(ld.columns) if ld.columns else None,
+        "counts": ld.counts,
+        "first_time": _iso(trace.epoch) if trace.epoch is not None else None,
+        # The repairs, counted over the whole file (before --window):
+        "rows_read": ld.rows,
+        "filled": ld.filled,
+        "empty_values": ld.empty,
+        "duplicates": ld.duplicates,
+        "out_of_order": ld.out_of_order,
+        "max_gap_s": ld.max_gap if math.isfinite(ld.max_gap) else None,
+        "notes": list(ld.notes),
+    }
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _n(count: int, what: str) -> str:
+    return f"{count} {what}{'' if count == 1 else 's'}"
+
+
+def _read_line(t: dict[str, Any]) -> str:
+    cols = f" ({t['columns'][0]}, {t['columns'][1]})" if t.get("columns") else ""
+    times = t["times"] + (f" from {t['first_time']}" if t.get("first_time") else "")
+    values = f"counts per {t['bin_seconds']:g}s ÷ {t['bin_seconds']:g}" if t["counts"] else "req/s"
+    gap = format_duration(t["max_gap_s"]) if t["max_gap_s"] is not None else "any length"
+    empty = f" ({_n(t['empty_values'], 'empty value')})" if t["empty_values"] else ""
+    line = (
+        f"read {_n(t['rows_read'], 'row')}: {t['format']}{cols}, {times}, {values}; "
+        f"{_n(t['filled'], 'missing row')} filled{empty} (linear, gaps up to {gap}), "
+        f"{_n(t['duplicates'], 'duplicate time')} (kept the last), "
+        f"{_n(t['out_of_order'], 'row')} out of order (sorted)"
+    )
+    return line + "".join(f"; note: {n}" for n in t["notes"])
+
+
 def info_lines(info: dict[str, Any]) -> list[str]:
     t, m = info["trace"], info["model"]
     window = f", window {t['window']}" if t["window"] else ""
     return [
         f"trace {t['path']}: {t['rows']} rows of {t['bin_seconds']:g}s{window}, speed ×{t['speed']:g}, "
         f"mean {t['mean_rps']:.1f} req/s, peak {t['peak_rps']:.0f} req/s",
+        _read_line(t),
         f"replica capacity {m['capacity_rps']:.3g} req/s at 100 % CPU ({m['capacity_source']}); demand "
         f"counted at {m['reference_utilization'] * 100:g} % = {m['demand_per_replica_rps']:.3g} req/s per "
         f"replica; peak demand {m['peak_demand']}",
