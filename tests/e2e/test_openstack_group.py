@@ -28,6 +28,7 @@ from helpers.openstack_testcloud import (
     huge_flavor,
     member_project,
     sweep_session_servers,
+    temporary_flavor,
 )
 from tierscale.config import load_config_text
 from tierscale.controller.down import down
@@ -366,8 +367,8 @@ def test_rollout_to_a_new_flavor_then_one_no_host_takes_is_rolled_back(
     knobs = "    rollout: {max_surge: 1, min_healthy_time: 1s, healthy_deadline: 30s}\n"
     cfg, path = write_config(cloud, state_dir, name, min_=2, max_=2, extra=knobs)
     text = path.read_text()
-    new_flavor = cloud.guest_flavor
-    assert new_flavor != cloud.flavor, "the test cloud needs two flavors"
+    spare = temporary_flavor(cloud, "second")
+    new_flavor = next(spare)
     gen = huge_flavor(cloud)
     no_host = next(gen)
     good = load_config_text(text.replace(f"flavor: {cloud.flavor}", f"flavor: {new_flavor}"), str(path))
@@ -424,4 +425,5 @@ def test_rollout_to_a_new_flavor_then_one_no_host_takes_is_rolled_back(
         down(cfg)
         cloud.cleanup_group(name)
         gen.close()
+        spare.close()
     assert nova_replicas(cloud, name) == {}

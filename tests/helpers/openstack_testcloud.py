@@ -334,15 +334,22 @@ def member_project(tc: CloudUnderTest, instances_quota: int) -> Iterator[Project
             idc.delete_project(project, ignore_missing=True)
 
 
-def huge_flavor(tc: CloudUnderTest) -> Iterator[str]:
-    """A flavor no host can take (a million GB of disk): the scheduler answers 'No valid host'."""
-    name = f"{SESSION}-huge"
+def temporary_flavor(tc: CloudUnderTest, suffix: str, *, disk: int = 1) -> Iterator[str]:
+    """A public flavor of this session's own, deleted when the generator closes: a test that needs a
+    second flavor must not depend on which compute driver created which (m1.nano exists only under the
+    libvirt driver)."""
+    name = f"{SESSION}-{suffix}"
     with admin_only("creating a flavor"):
-        flavor = tc.conn.compute.create_flavor(name=name, ram=128, vcpus=1, disk=1_000_000, is_public=True)
+        flavor = tc.conn.compute.create_flavor(name=name, ram=128, vcpus=1, disk=disk, is_public=True)
     try:
         yield name
     finally:
         tc.conn.compute.delete_flavor(flavor, ignore_missing=True)
+
+
+def huge_flavor(tc: CloudUnderTest) -> Iterator[str]:
+    """A flavor no host can take (a million GB of disk): the scheduler answers 'No valid host'."""
+    return temporary_flavor(tc, "huge", disk=1_000_000)
 
 
 __all__ = [
@@ -356,4 +363,5 @@ __all__ = [
     "huge_flavor",
     "member_project",
     "sweep_session_servers",
+    "temporary_flavor",
 ]

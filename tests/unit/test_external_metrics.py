@@ -324,11 +324,16 @@ def test_file_sd_lists_running_replicas_and_rewrites_only_on_change(tmp_path: Pa
         "revision": "r1",
         "host": "local",
     }
+    assert sd.path.stat().st_mode & 0o777 == 0o600 and sd.path.parent.stat().st_mode & 0o777 == 0o700
     mtime = sd.path.stat().st_mtime_ns
     sd.path.write_text("[]")  # would be overwritten only by a change of targets
     sd(1.0, status)
     assert sd.path.read_text() == "[]" and sd.path.stat().st_mtime_ns >= mtime
     sd(2.0, _status(("a", "127.0.0.1:1", "ready")))
     assert len(json.loads(sd.path.read_text())) == 1
+    other = PrometheusTargets(tmp_path, "v", "process")
+    other(0.0, status)
     sd.remove()
-    assert not sd.path.exists()
+    assert not sd.path.exists() and other.path.exists()  # the directory stays for the other group
+    other.remove()
+    assert not other.path.parent.exists()

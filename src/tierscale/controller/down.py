@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tierscale.config.models import Config
-from tierscale.controller.file_sd import sd_path
+from tierscale.controller.file_sd import remove_targets
 from tierscale.controller.locks import ControllerError, group_dir, group_lock
 from tierscale.controller.runner import make_balancer
 from tierscale.eventstore import EventStore
@@ -61,7 +61,7 @@ def down(config: Config) -> list[str]:
                     store.record_event(g.name, "replica_deleted", f"down: deleted {len(replicas)} replica(s)")
                     store.clear_status(g.name)
             shutil.rmtree(group_dir(state_dir, g.name), ignore_errors=True)
-            sd_path(state_dir, g.name).unlink(missing_ok=True)
+            remove_targets(state_dir, g.name)
     finally:
         if store is not None:
             store.close()

@@ -3,17 +3,21 @@
 A user's Prometheus points a `file_sd_configs` entry at the directory and follows the group as it
 scales, without an exporter or an API of ours in between (examples/prometheus/prometheus.yml). The file
 is rewritten only when the target list changes, and atomically (write, then rename): Prometheus watches
-it with inotify and must never read half a file.
+it with inotify and must never read half a file. Like every state file it is private (0600 in a 0700
+directory): a Prometheus that reads it runs as the controller's user or gets the file through a
+`--state-dir` the operator opened up on purpose.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
 
 from tierscale.controller.state import ReplicaState
 from tierscale.controller.status_model import GroupStatus
+from tierscale.private_dirs import make_private_dir
 
 # A replica that runs exposes its /metrics whether or not it passes health checks: an unhealthy one is
 # exactly what a user wants to see scraped. Provisioning ones have no address yet; failed and stopped
@@ -54,6 +58,8 @@ class PrometheusTargets:
     """A status listener (GroupController.status_listeners) that writes one group's file."""
 
     def __init__(self, state_dir: Path, group: str, tier: str) -> None:
+        self.state_dir = state_dir
+        self.group = group
         self.path = sd_path(state_dir, group)
         self.tier = tier
         self._written: str | None = None
@@ -62,13 +68,24 @@ class PrometheusTargets:
         body = json.dumps(targets_of(status, self.tier), indent=1) + "\n"
         if body == self._written:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.path.parent)
         tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(body)
+        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(body)
         os.replace(tmp, self.path)
         self._written = body
 
     def remove(self) -> None:
         """The group is gone from the config: its targets go too (Prometheus drops them)."""
-        self.path.unlink(missing_ok=True)
+        remove_targets(self.state_dir, self.group)
         self._written = None
+
+
+def remove_targets(state_dir: Path, group: str) -> None:
+    """Delete a group's file, and the directory once no group has one (`tierscale down` leaves only the
+    event store behind)."""
+    path = sd_path(state_dir, group)
+    path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # absent, or another group's file is still there
+        path.parent.rmdir()

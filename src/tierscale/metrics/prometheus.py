@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import urllib.parse
@@ -13,6 +12,7 @@ import aiohttp
 
 from tierscale.config.settings import MetricSpec
 from tierscale.metrics.base import Observation
+from tierscale.metrics.http_json import get_json
 from tierscale.policy.types import MetricInput
 
 
@@ -20,19 +20,10 @@ async def prometheus_value(
     session: aiohttp.ClientSession, url: str, query: str, timeout: float
 ) -> tuple[float | None, str | None]:
     """(value, None), or (None, why): anything but a scalar or a one-element vector is no value."""
-    full = url.rstrip("/") + "/api/v1/query?" + urllib.parse.urlencode({"query": query})
-    where = urllib.parse.urlsplit(url).netloc.rpartition("@")[2]  # never the credentials
-    try:
-        async with session.get(full, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-            if resp.status != 200:
-                return None, f"prometheus {where}: HTTP {resp.status}"
-            body = json.loads(await resp.text())
-    except TimeoutError:
-        return None, f"prometheus {where}: no answer within {timeout:g}s"
-    except (aiohttp.ClientError, OSError) as exc:
-        return None, f"prometheus {where}: {exc or type(exc).__name__}"
-    except ValueError:
-        return None, f"prometheus {where}: the answer is not JSON"
+    path = "/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    body, error = await get_json(session, url, path, timeout, "prometheus")
+    if error is not None:
+        return None, error
     data = body.get("data", {}) if isinstance(body, dict) else {}
     data = data if isinstance(data, dict) else {}
     result = data.get("result")

@@ -14,6 +14,7 @@ import aiohttp
 from tierscale.config.settings import MetricSpec
 from tierscale.metrics.base import Observation
 from tierscale.metrics.prometheus import external_input, with_login
+from tierscale.metrics.rabbitmq_queue import rabbitmq_depth
 from tierscale.policy.types import MetricInput
 
 
@@ -46,8 +47,6 @@ class RabbitmqSource:
     timeout: float
 
     async def read(self, obs: Observation) -> MetricInput:
-        from tierscale.metrics.rabbitmq_queue import rabbitmq_depth
-
         s = self.spec
         url, error = with_login(s)
         if error is not None:
