@@ -7,15 +7,14 @@ rate; no balancer, health `running`. Every count follows from KEDA's rules on th
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 
 import pytest
 import redis
 
-from helpers.e2e import events, free_port, port_block, wait_for
+from helpers.e2e import events, wait_for
 from helpers.redis_server import running_redis
-from tierscale.config import load_config_text
+from helpers.worker_groups import worker_group_config
 from tierscale.controller.down import down
 from tierscale.metrics.redis_queue import redis_depth
 from tierscale.service import BackgroundController
@@ -28,33 +27,12 @@ RATE = 100  # jobs/s per worker
 
 
 def _config(state_dir: Path, url: str) -> object:
-    lo, hi = port_block()
-    text = f"""\
-state_dir: {state_dir}
-api: {{listen: "127.0.0.1:{free_port()}"}}
-groups:
-  - name: workers
-    tier: process
-    min: 0
-    max: 4
-    sync_period: 1s
-    template:
-      command: ["{sys.executable}", "-m", "tierscale.worker", "--redis", "{url}", "--list", "jobs",
-                "--rate", "{RATE}", "--port", "{{port}}"]
-      port_range: [{lo}, {hi}]
-    balancer: {{type: none}}
-    health: {{type: running, interval: 300ms}}
-    metrics:
-      - {{type: redis, url: "{url}", key: jobs, target_per_replica: {TARGET}, activation: 0,
-         max_staleness: 2s}}
-    behavior:
-      scale_down:
-        stabilization_window: 0s
-        policies: [{{type: Percent, value: 100, period: 1s}}]
-    drain_timeout: 2s
-    scale_to_zero: {{idle_after: 4s}}
-"""
-    return load_config_text(text, str(state_dir.parent / "workers.yaml"))
+    worker = ["--redis", url, "--list", "jobs", "--rate", str(RATE)]
+    metric = (
+        f'{{type: redis, url: "{url}", key: jobs, target_per_replica: {TARGET}, activation: 0, '
+        "max_staleness: 2s}"
+    )
+    return worker_group_config(state_dir, "workers", worker, metric)
 
 
 def test_a_backlog_wakes_a_worker_group_it_drains_it_and_goes_back_to_zero(tmp_path: Path) -> None:

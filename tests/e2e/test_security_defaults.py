@@ -147,7 +147,13 @@ def test_the_token_is_never_printed_logged_or_stored(run: Run) -> None:
 
 # ---------------------------------------------------------------------------------------------- files
 def test_state_files_are_private(run: Run) -> None:
-    modes = run.modes
+    sd_dir = run.state_dir / "prometheus"
+    # Prometheus' file_sd targets are for another user to read (addresses and labels only), behind the
+    # 0700 state dir: 0755 and 0644, checked here, the rest must be private.
+    shared = {p: m for p, m in run.modes.items() if p == sd_dir or p.parent == sd_dir}
+    assert shared.get(sd_dir) == 0o755 and any(m == 0o644 for m in shared.values()), shared
+    assert all(m in (0o755, 0o644) for m in shared.values()), shared
+    modes = {p: m for p, m in run.modes.items() if p not in shared}
     assert modes[run.state_dir] == 0o700
     private = {
         p: m for p, m in modes.items() if p.name.startswith("events.db") or p.suffix in (".json", ".lock")

@@ -33,7 +33,8 @@ class RabbitMQ:
     amqp_port: int
     management_port: int
     epmd_port: int
-    proc: subprocess.Popen[bytes]
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
 
     @property
     def management_url(self) -> str:
@@ -56,7 +57,23 @@ class RabbitMQ:
         except (OSError, urllib.error.URLError, ValueError):
             return False
 
+    def start(self, timeout: float = 90.0) -> None:
+        """Start the node (again): same name, ports and data, so durable queues and persistent messages
+        are still there, the way a broker restarted by its operator comes back."""
+        with (self.dir / "server.out").open("ab") as out:  # the child keeps its own copy of the fd
+            self.proc = subprocess.Popen(
+                [SERVER], env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None and not self.ready():
+            time.sleep(0.2)
+        if not self.ready():
+            raise RuntimeError(f"rabbitmq not ready: {(self.dir / 'server.out').read_text()[-1500:]}")
+
     def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            self._kill_epmd()
+            return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGTERM)
         try:
@@ -65,6 +82,9 @@ class RabbitMQ:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+        self._kill_epmd()
+
+    def _kill_epmd(self) -> None:
         # epmd daemonizes out of the process group: find ours by the port it was given.
         for pid in _pids_with_env(f"ERL_EPMD_PORT={self.epmd_port}"):
             with contextlib.suppress(ProcessLookupError):
@@ -113,15 +133,9 @@ def running_rabbitmq(timeout: float = 90.0) -> Iterator[RabbitMQ]:
         "RABBITMQ_ENABLED_PLUGINS_FILE": str(d / "enabled_plugins"),
         "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
     }
-    out = (d / "server.out").open("ab")
-    proc = subprocess.Popen([SERVER], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    node = RabbitMQ(d, amqp, mgmt, epmd, proc)
+    node = RabbitMQ(d, amqp, mgmt, epmd, env)
     try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and proc.poll() is None and not node.ready():
-            time.sleep(0.2)
-        if not node.ready():
-            raise RuntimeError(f"rabbitmq not ready: {(d / 'server.out').read_text()[-1500:]}")
+        node.start(timeout)
         yield node
     finally:
         node.stop()

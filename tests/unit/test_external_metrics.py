@@ -202,7 +202,7 @@ FRESH = [
     ("failed, too old, hold", None, (70.0, 89.0), 100.0, None, "hold"),
     ("failed, never read, hold", None, None, 100.0, None, "hold"),
     ("failed, too old, fallback 3", 3, (70.0, 80.0), 100.0, 30.0, "fallback"),
-    ("failed, never read, fallback 0", 0, None, 100.0, 0.0, "fallback"),
+    ("failed, never read, the fallback waits max_staleness", 0, None, 100.0, None, "hold"),
 ]
 
 
@@ -220,6 +220,16 @@ def test_freshness_rules(
     if state != "ok":
         assert new.failing_since == now and "connection refused" in (new.error or "")
         assert new.value == (None if last is None else last[0])  # the last good value is kept, not 0
+
+
+def test_a_source_never_read_falls_back_max_staleness_after_its_first_failure() -> None:
+    rule = FreshnessRule(10.0, 2)
+    out, mem = settle(rule, Freshness(), READ, 100.0)
+    assert (out.total, mem.state) == (None, "hold") and "fallback in 10s" in (out.error or "")
+    out, mem = settle(rule, mem, READ, 109.0)
+    assert (out.total, mem.state) == (None, "hold")
+    out, mem = settle(rule, mem, READ, 110.0)
+    assert (out.total, mem.state, mem.failing_since) == (20.0, "fallback", 100.0)
 
 
 def test_an_outage_counts_from_its_first_failure_and_ends_at_the_first_good_read() -> None:
@@ -324,7 +334,7 @@ def test_file_sd_lists_running_replicas_and_rewrites_only_on_change(tmp_path: Pa
         "revision": "r1",
         "host": "local",
     }
-    assert sd.path.stat().st_mode & 0o777 == 0o600 and sd.path.parent.stat().st_mode & 0o777 == 0o700
+    assert sd.path.stat().st_mode & 0o777 == 0o644 and sd.path.parent.stat().st_mode & 0o777 == 0o755
     mtime = sd.path.stat().st_mtime_ns
     sd.path.write_text("[]")  # would be overwritten only by a change of targets
     sd(1.0, status)

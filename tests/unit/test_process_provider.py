@@ -36,7 +36,7 @@ def provider(tmp_path: Path):
 
 
 def test_create_list_adopt_delete(provider: ProcessProvider, tmp_path: Path) -> None:
-    assert provider.capabilities == frozenset() and Capability.CONSOLE not in provider.capabilities
+    assert provider.capabilities == {Capability.EXEC} and Capability.CONSOLE not in provider.capabilities
     r = provider.create("r-aaaa")
     assert r.address and r.state == "running"
     assert (r.revision, r.host) == (REV, socket.gethostname())

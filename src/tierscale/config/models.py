@@ -363,6 +363,11 @@ def _url_path(value: str) -> str:
     return value
 
 
+# The tiers that can run a command in (or beside) a replica: a VM or a cloud server has no channel the
+# controller could run one through without an agent in the guest.
+EXEC_TIERS = ("process", "docker")
+
+
 class HealthConfig(_Model):
     # Pasted into the probe's request line: a space or CR/LF there would split it.
     path: Annotated[StrictStr, Field(pattern=r"^/"), AfterValidator(_url_path)] = "/healthz"
@@ -375,14 +380,21 @@ class HealthConfig(_Model):
     # server's console log (for clouds whose instances the controller cannot reach, e.g. cloud-init's
     # "finished" line); after that it stays healthy while the tier reports it running. running: healthy
     # while the tier reports the process, container or domain running (workers with nothing to probe).
-    # tcp: a connection to the replica's address is accepted.
-    type: Literal["http", "console", "running", "tcp"] = "http"
+    # tcp: a connection to the replica's address is accepted. exec: `command` exits 0 — run inside the
+    # container (docker exec), or beside the process with {port} and {replica} filled in (the
+    # Kubernetes exec probe, Docker's HEALTHCHECK CMD); argv, never a shell string.
+    type: Literal["http", "console", "running", "tcp", "exec"] = "http"
     console_marker: NonEmptyStr | None = None
+    command: Annotated[list[NonEmptyStr], Field(min_length=1)] | None = None
 
     @model_validator(mode="after")
     def _console(self) -> HealthConfig:
         if self.type == "console" and self.console_marker is None:
             raise problem("required when type is console (the line that means booted)", "console_marker")
+        if self.type == "exec" and self.command is None:
+            raise problem("required when type is exec (the argv that exits 0 when healthy)", "command")
+        if self.type != "exec" and self.command is not None:
+            raise problem(f"only used with type: exec (type is {self.type})", "command")
         return self
 
 
@@ -719,6 +731,13 @@ class GroupBase(_Model):
                 f"{per_host} per host x {hosts} host(s) cannot hold min ({self.min})",
                 "placement",
                 "max_per_host",
+            )
+        if self.health.type == "exec" and self.tier not in EXEC_TIERS:
+            raise problem(
+                f"exec runs a command in the replica: tiers {', '.join(EXEC_TIERS)} only (tier is "
+                f"{self.tier}; use http, tcp, running or console)",
+                "health",
+                "type",
             )
         if self.scale_to_zero is not None and self.min != 0:
             raise problem(f"needs min: 0 (min is {self.min})", "scale_to_zero")

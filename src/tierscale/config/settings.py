@@ -85,8 +85,9 @@ class GroupSettings:
     drain_timeout: float
     stop_grace: float = 5.0
     metric_window: float = 10.0
-    health_type: str = "http"  # http | console | running | tcp
+    health_type: str = "http"  # http | console | running | tcp | exec
     console_marker: str | None = None
+    health_command: tuple[str, ...] = ()  # exec
     forecast: PredictiveParams = field(default_factory=PredictiveParams)  # policy: predictive
     schedule: tuple[ScheduleEntry, ...] = ()
     revision: str = ""  # the template revision new replicas are made from
@@ -128,6 +129,7 @@ def settings_for(group: GroupBase) -> GroupSettings:
         startup_grace=h.startup_grace,
         health_type=h.type,
         console_marker=h.console_marker,
+        health_command=tuple(h.command or ()),
         policy=group.policy,
         metrics=metrics,
         hpa=hpa_params(group),

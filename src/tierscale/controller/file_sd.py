@@ -3,9 +3,10 @@
 A user's Prometheus points a `file_sd_configs` entry at the directory and follows the group as it
 scales, without an exporter or an API of ours in between (examples/prometheus/prometheus.yml). The file
 is rewritten only when the target list changes, and atomically (write, then rename): Prometheus watches
-it with inotify and must never read half a file. Like every state file it is private (0600 in a 0700
-directory): a Prometheus that reads it runs as the controller's user or gets the file through a
-`--state-dir` the operator opened up on purpose.
+it with inotify and must never read half a file. Unlike the rest of the state these files are meant for
+another reader (Debian's Prometheus runs as `prometheus`) and hold only addresses and labels: 0644 in a
+0755 directory, whatever the umask; the state_dir's own mode (0700) decides who reaches them
+(examples/prometheus/README.md).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from pathlib import Path
 
 from tierscale.controller.state import ReplicaState
 from tierscale.controller.status_model import GroupStatus
-from tierscale.private_dirs import make_private_dir
 
 # A replica that runs exposes its /metrics whether or not it passes health checks: an unhealthy one is
 # exactly what a user wants to see scraped. Provisioning ones have no address yet; failed and stopped
@@ -31,6 +31,9 @@ SCRAPED = frozenset(
         ReplicaState.UNREACHABLE,
     }
 )
+
+
+READABLE_DIR, READABLE_FILE = 0o755, 0o644
 
 
 def targets_of(status: GroupStatus, tier: str) -> list[dict[str, object]]:
@@ -68,10 +71,13 @@ class PrometheusTargets:
         body = json.dumps(targets_of(status, self.tier), indent=1) + "\n"
         if body == self._written:
             return
-        make_private_dir(self.path.parent)
+        if not self.path.parent.is_dir():
+            self.path.parent.mkdir()
+            os.chmod(self.path.parent, READABLE_DIR)
         tmp = self.path.with_suffix(".json.tmp")
-        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, READABLE_FILE)
         with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), READABLE_FILE)  # the umask does not decide who may scrape
             f.write(body)
         os.replace(tmp, self.path)
         self._written = body

@@ -1,8 +1,8 @@
 """Health rounds: probe every running replica, admit the healthy to the balancer, condemn the broken.
 
 How one replica is probed is a `Prober`: an HTTP GET (the default), a TCP connect, the tier's console log
-(clouds whose instances the controller cannot reach), the tier's own running state (queue workers), or
-in tests the fake tier's own switch.
+(clouds whose instances the controller cannot reach), the tier's own running state (queue workers), a
+command run in the container or beside the process (exec), or in tests the fake tier's own switch.
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 import aiohttp
 
 from tierscale.controller.context import GroupContext
 from tierscale.controller.health import probe
-from tierscale.providers.base import Capability, ProviderError, Replica, TemplateError
+from tierscale.providers.base import Capability, Execs, ProviderError, Replica, TemplateError
 
 
 class Prober(Protocol):
@@ -82,6 +82,30 @@ class TcpProber:
         return True, None
 
 
+class ExecProber:
+    """Healthy when the health command exits 0 in (docker) or beside (process) the replica."""
+
+    def __init__(self, ctx: GroupContext) -> None:
+        if Capability.EXEC not in ctx.provider.capabilities:
+            raise TemplateError(f"groups[{ctx.s.name}].health.type: tier {ctx.s.tier} cannot run a command")
+        self.ctx = ctx
+
+    async def __call__(self, r: Replica) -> tuple[bool, str | None]:
+        ctx = self.ctx
+        provider = cast(Execs, ctx.provider)
+        timeout = ctx.s.health_timeout
+        try:
+            code, out = await ctx.call(
+                provider.exec_check, r, ctx.s.health_command, timeout, timeout=timeout + 1.0
+            )
+        except ProviderError as exc:
+            return False, str(exc)
+        if code == 0:
+            return True, None
+        tail = " ".join(out.split())[-160:]
+        return False, f"health command exited {code}" + (f": {tail}" if tail else "")
+
+
 def make_prober(ctx: GroupContext, session: Callable[[], aiohttp.ClientSession]) -> Prober:
     """The prober for the group's `health.type`."""
     s = ctx.s
@@ -91,6 +115,8 @@ def make_prober(ctx: GroupContext, session: Callable[[], aiohttp.ClientSession])
         return RunningProber()
     if s.health_type == "tcp":
         return TcpProber(s.health_timeout)
+    if s.health_type == "exec":
+        return ExecProber(ctx)
     return HttpProber(session, s.health_path, s.health_timeout)
 
 
@@ -115,8 +141,8 @@ class HealthRounds:
 
     async def probe_all(self) -> None:
         ctx = self.ctx
-        console = ctx.s.health_type in ("console", "running")
-        # Console and running readiness need no address: the tier's API answers them.
+        console = ctx.s.health_type in ("console", "running", "exec")
+        # Console, running and exec readiness need no address: the tier's API answers them.
         # A replica whose host does not answer keeps the health it had: a cut link would otherwise
         # condemn it (and replace it) before host_timeout says the host is lost.
         candidates = ctx.active()

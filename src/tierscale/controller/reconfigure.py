@@ -51,11 +51,12 @@ async def reconfigure(gc: GroupController, parts: NewParts) -> None:
     )
     if parts.prober is not None:
         gc.health_rounds.prober = parts.prober
-    elif (new.health_type, new.health_path, new.health_timeout, new.console_marker) != (
+    elif (new.health_type, new.health_path, new.health_timeout, new.console_marker, new.health_command) != (
         old.health_type,
         old.health_path,
         old.health_timeout,
         old.console_marker,
+        old.health_command,
     ):
         gc.health_rounds.prober = make_prober(ctx, gc.http)
     if parts.balancer is not KEEP:

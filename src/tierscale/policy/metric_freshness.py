@@ -5,6 +5,9 @@ the broker was down) and from a fallback that fired at once or never woke a grou
 
 - a failed read is never 0;
 - the last good value stands in while it is younger than `max_staleness` ("stale");
+- a source never read yet (a controller just started, a queue just declared) holds for `max_staleness`
+  from its first failure, the way a stale value would have: a fallback must not fire on the first
+  failed read;
 - after that, `fallback`: `hold` leaves the total unknown, so the HPA rules hold the count (a scale-up
   asked by another metric still happens, a scale-down does not); `replicas: N` substitutes N × target
   for the total, so this metric alone asks for exactly N replicas — at zero too (KEDA's fallback,
@@ -53,6 +56,12 @@ def settle(
         age = now - mem.at
         out = replace(reading, total=mem.value, error=f"{error} (using the value from {age:.0f}s ago)")
         return out, replace(mem, failing_since=failing, state="stale", error=error)
+    if mem.value is None and now - failing < rule.max_staleness:
+        due = rule.max_staleness - (now - failing)
+        wait = f" (fallback in {due:.0f}s)" if rule.fallback_replicas is not None else ""
+        return replace(reading, error=error + wait), replace(
+            mem, failing_since=failing, state="hold", error=error
+        )
     if rule.fallback_replicas is not None:
         total = rule.fallback_replicas * reading.target
         out = replace(reading, total=total, error=f"{error} (fallback: {rule.fallback_replicas} replicas)")

@@ -12,7 +12,7 @@ through the `EventSink` it was built with (a provider never writes to the event 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, Protocol
@@ -28,6 +28,7 @@ class Capability(StrEnum):
     CONSOLE = "console"  # console_output(replica) -> str: readiness from the boot log (health type console)
     HOSTS = "hosts"  # hosts() -> list[HostInfo], set_cordoned(names): the provider places over several hosts
     COUNT = "count"  # the tier places replicas itself (Swarm): scale_to(n), spec_count(), busy(); no create
+    EXEC = "exec"  # exec_check(replica, argv, timeout) -> (exit code, output): health type exec
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,14 @@ class Provider(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class Execs(Protocol):
+    """What a provider listing Capability.EXEC has too."""
+
+    def exec_check(self, replica: Replica, argv: Sequence[str], timeout: float) -> tuple[int, str]:
+        """Run `argv` in (or beside) the replica: its exit code and the end of its output."""
+        ...
 
 
 def retire(provider: Provider) -> None:

@@ -174,7 +174,7 @@ def _published(ip: str | None, port: int | str) -> str:
 
 class DockerProvider(NoConsole):
     tier = "docker"
-    capabilities: frozenset[Capability] = frozenset()
+    capabilities: frozenset[Capability] = frozenset({Capability.EXEC})
 
     def __init__(
         self,
@@ -476,6 +476,24 @@ class DockerProvider(NoConsole):
                         raise
             self._known.pop(cid, None)
             self._cpu.forget(cid)
+
+    # ---- exec (health type exec) ---------------------------------------------------------------------
+    def exec_check(self, replica: Replica, argv: Sequence[str], timeout: float) -> tuple[int, str]:
+        """`docker exec` of `argv` in the replica's container: exit code and the end of its output.
+        The engine has no exec timeout; the prober stops waiting after the health timeout."""
+        api = self.client().api
+        with self._engine(f"exec in container {replica.ref[:12]}"):
+            try:
+                ex = api.exec_create(replica.ref, list(argv), stdout=True, stderr=True)
+                out = api.exec_start(ex["Id"])
+                code = api.exec_inspect(ex["Id"]).get("ExitCode")
+            except docker.errors.APIError as exc:
+                if exc.status_code == 404:
+                    raise
+                # 409 (not running) or 500 (executable not found): the check failed, the engine is fine.
+                return 126, str(exc.explanation or exc)[-300:]
+        text = out.decode(errors="replace") if isinstance(out, bytes) else str(out)
+        return (code if isinstance(code, int) else 126), text[-300:]
 
     # ---- stats ---------------------------------------------------------------------------------------
     # See docker_stats.py for the sources and bench/docker_metrics.py for what each costs.

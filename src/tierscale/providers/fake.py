@@ -13,7 +13,7 @@ import itertools
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from tierscale.providers.base import (
@@ -67,6 +67,8 @@ class FakeProvider:
         self.replicas: dict[str, Replica] = {}
         self.healthy: dict[str, bool] = {}
         self.console: dict[str, str] = {}
+        self.exec_codes: dict[str, int] = {}  # exec_check's exit code per replica (default 0)
+        self.exec_calls: list[tuple[str, tuple[str, ...]]] = []
         self.unreachable: set[str] = set()  # hosts whose replicas a listing cannot see
         self.calls: Counter[str] = Counter()
         self._planned: dict[str, _Planned] = {}
@@ -139,6 +141,15 @@ class FakeProvider:
             if replica.id not in self.replicas:
                 raise ReplicaGone(f"replica {replica.id} is not there")
             return self.console.get(replica.id, "")
+
+    def exec_check(self, replica: Replica, argv: Sequence[str], timeout: float) -> tuple[int, str]:
+        self._enter("exec_check")
+        with self._lock:
+            if replica.id not in self.replicas:
+                raise ReplicaGone(f"replica {replica.id} is not there")
+            self.exec_calls.append((replica.id, tuple(argv)))
+            code = self.exec_codes.get(replica.id, 0)
+        return code, "" if code == 0 else f"exit {code}"
 
     def close(self) -> None:
         self.closed = True

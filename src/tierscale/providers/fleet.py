@@ -18,14 +18,15 @@ import dataclasses
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import Protocol
+from typing import Protocol, cast
 
 from tierscale.policy.placement import Demand, HostLoad, PlacementParams, choose_host, refusals
 from tierscale.providers.base import (
     Capability,
     CreateRejected,
+    Execs,
     HostInfo,
     Listing,
     Provider,
@@ -223,6 +224,10 @@ class Fleet:
 
     def console_output(self, replica: Replica) -> str:
         return self._member(replica).console_output(replica)
+
+    def exec_check(self, replica: Replica, argv: Sequence[str], timeout: float) -> tuple[int, str]:
+        member = cast(Execs, self._member(replica))  # listed only when every member has it
+        return member.exec_check(replica, argv, timeout)
 
     def close(self) -> None:
         for m in self.members.values():

@@ -70,7 +70,7 @@ def _port_of(replica: Replica) -> int | None:
 
 class ProcessProvider(NoConsole):
     tier = "process"
-    capabilities: frozenset[Capability] = frozenset()
+    capabilities: frozenset[Capability] = frozenset({Capability.EXEC})
 
     def __init__(
         self,
@@ -325,6 +325,34 @@ class ProcessProvider(NoConsole):
                 cpu_percent=pct, cpu_allotment_milli=self.allotment_milli, memory_bytes=rss
             )
         return out
+
+    def exec_check(self, replica: Replica, argv: Sequence[str], timeout: float) -> tuple[int, str]:
+        """Run `argv` beside the replica, with its environment and directory and {port}, {replica}
+        filled in as in the template: exit code and the end of its output. No shell: the argv is the
+        config's word for word. A command past `timeout` is killed with everything it started."""
+        port = _port_of(replica)
+        args = [a.replace("{port}", str(port or "")).replace("{replica}", replica.id) for a in argv]
+        env = {**os.environ, **self.env, "TIERSCALE_REPLICA": replica.id, "TIERSCALE_GROUP": self.group}
+        try:
+            proc = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.cwd,
+                start_new_session=True,
+            )
+        except OSError as exc:  # not found, not executable
+            return 127, f"{args[0]}: {exc.strerror or exc}"
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            return 124, f"timed out after {timeout:g}s"
+        return proc.returncode, out.decode(errors="replace")[-300:]
 
     def close(self) -> None:
         self._cpu.clear()
