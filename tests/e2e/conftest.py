@@ -36,6 +36,16 @@ def nginx_bin() -> str:
     return NGINX
 
 
+@pytest.fixture(params=["nginx", "haproxy"])
+def balancer_type(request: pytest.FixtureRequest) -> str:
+    """The scenarios that run behind a balancer run behind each: nginx (reloads) and HAProxy (its
+    Runtime API, no reload)."""
+    kind = str(request.param)
+    if kind == "haproxy":
+        require(shutil.which("haproxy", path="/usr/sbin:/usr/bin:/usr/local/sbin") is not None, "haproxy")
+    return kind
+
+
 # ---------------------------------------------------------------------------------------------- libvirt
 @pytest.fixture(scope="session")
 def vm_image() -> Iterator[dict[str, Path]]:

@@ -12,8 +12,10 @@ import pytest
 
 from helpers.e2e import (
     CliControllers,
+    balancer_processes,
     decisions,
     events,
+    haproxy_processes,
     nginx_processes,
     process_group_config,
     replace_under_load,
@@ -45,11 +47,11 @@ def _cleanup(cfg) -> None:
     port_range = tuple(cfg.groups[0].template.port_range)
     for p in workload_processes(port_range):  # belt and braces: a failed test must not leak processes
         p.kill()
-    assert not nginx_processes(Path(cfg.state_dir))
+    assert not balancer_processes(Path(cfg.state_dir))
 
 
-def test_scale_out_under_load_and_back_in_with_zero_failures(state_dir: Path) -> None:
-    cfg, _ = process_group_config(state_dir, min_=1, max_=5)
+def test_scale_out_under_load_and_back_in_with_zero_failures(state_dir: Path, balancer_type: str) -> None:
+    cfg, _ = process_group_config(state_dir, min_=1, max_=5, balancer_type=balancer_type)
     try:
         with BackgroundController(cfg) as bg:
 
@@ -61,15 +63,15 @@ def test_scale_out_under_load_and_back_in_with_zero_failures(state_dir: Path) ->
         _cleanup(cfg)
 
 
-def test_killed_replica_is_replaced_without_downtime(state_dir: Path) -> None:
-    cfg, _ = process_group_config(state_dir, min_=2, max_=2)
+def test_killed_replica_is_replaced_without_downtime(state_dir: Path, balancer_type: str) -> None:
+    cfg, _ = process_group_config(state_dir, min_=2, max_=2, balancer_type=balancer_type)
     try:
         with BackgroundController(cfg) as bg:
             victim, before, after, result = replace_under_load(
                 bg, lambda r: os.kill(int(r.ref), signal.SIGKILL), 20, 12, timeout=20
             )
         assert victim.id in before and victim.id not in after and len(after) == 2
-        # nginx retries an idempotent GET on the other replica, so the kill costs no client request.
+        # nginx and HAProxy retry an idempotent GET on the other replica: the kill costs no client request.
         assert result.failed == 0, f"{result.status} {result.errors}"
         replaced = [e for e in events(state_dir, "web", "replica_replaced") if e.replica == victim.id]
         assert replaced and replaced[0].data["reason"] == "exited"
@@ -77,8 +79,8 @@ def test_killed_replica_is_replaced_without_downtime(state_dir: Path) -> None:
         _cleanup(cfg)
 
 
-def test_controller_sigkill_then_restart_adopts_every_replica(state_dir: Path) -> None:
-    cfg, path = process_group_config(state_dir, min_=3, max_=3)
+def test_controller_sigkill_then_restart_adopts_every_replica(state_dir: Path, balancer_type: str) -> None:
+    cfg, path = process_group_config(state_dir, min_=3, max_=3, balancer_type=balancer_type)
     provider = make_provider(cfg.groups[0], state_dir)
     port_range = tuple(cfg.groups[0].template.port_range)
     try:
@@ -102,7 +104,12 @@ def test_controller_sigkill_then_restart_adopts_every_replica(state_dir: Path) -
             after = {r.id for r in provider.list()}
             assert after == before, f"before {before}, after {after}"
             assert len(workload_processes(port_range)) == 3
-            assert len(nginx_processes(state_dir)) == 1  # the adopted master, not a second one
+            if balancer_type == "nginx":
+                assert len(nginx_processes(state_dir)) == 1  # the adopted master, not a second one
+            else:
+                procs = haproxy_processes(state_dir)
+                masters = [p for p in procs if p.ppid() not in {q.pid for q in procs}]
+                assert len(masters) == 1, masters  # the adopted master, not a second one
             res = run_load_sync(work_url(cfg, 1), 30, 2)
             assert res.failed == 0 and set(res.instances) == before
     finally:
@@ -155,19 +162,21 @@ def test_balancer_rejected_config_is_recorded_and_last_good_keeps_serving(state_
         _cleanup(cfg)
 
 
-def test_down_leaves_no_process_no_nginx_and_only_the_event_store(state_dir: Path) -> None:
-    cfg, path = process_group_config(state_dir, min_=2, max_=2)
+def test_down_leaves_no_process_no_nginx_and_only_the_event_store(
+    state_dir: Path, balancer_type: str
+) -> None:
+    cfg, path = process_group_config(state_dir, min_=2, max_=2, balancer_type=balancer_type)
     port_range = tuple(cfg.groups[0].template.port_range)
     try:
         once = run_tierscale("run", path, "--once")
         assert once.returncode == 0, once.stderr
         wait_for(lambda: len(workload_processes(port_range)) == 2, 10, what="two replicas after --once")
-        assert nginx_processes(state_dir)
+        assert balancer_processes(state_dir)  # --once leaves the balancer serving, like the replicas
         out = run_tierscale("down", path)
         assert out.returncode == 0, out.stderr
         assert "deleted 2 replica(s)" in out.stdout
         assert workload_processes(port_range) == []
-        assert nginx_processes(state_dir) == []
+        assert balancer_processes(state_dir) == []
         left = {p.name for p in state_dir.iterdir()}
         assert left <= {"events.db", "events.db-shm", "events.db-wal"} and "events.db" in left, left
     finally:

@@ -48,8 +48,10 @@ def _cleanup(case: Case) -> None:
     assert workload_processes((lo, hi)) == []
 
 
-def test_good_rollout_under_load_survives_a_sigkill_and_fails_nothing(tmp_path: Path) -> None:
-    case = _case(tmp_path, ", env: {RELEASE: '2'}")
+def test_good_rollout_under_load_survives_a_sigkill_and_fails_nothing(
+    tmp_path: Path, balancer_type: str
+) -> None:
+    case = _case(tmp_path, ", env: {RELEASE: '2'}", balancer_type=balancer_type)
     try:
         good_rollout_killed_midway(case, rate=20, timeout=60)
     finally:

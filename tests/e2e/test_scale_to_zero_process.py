@@ -35,11 +35,20 @@ pytestmark = pytest.mark.e2e
 METRIC = "[{type: requests_per_replica, target: 5}]"
 
 
-def _config(tmp_path: Path, command: str, extra: str, max_: int = 4) -> tuple[Any, str, tuple[int, int]]:
+def _config(
+    tmp_path: Path, command: str, extra: str, max_: int = 4, balancer_type: str = "nginx"
+) -> tuple[Any, str, tuple[int, int]]:
     lo, hi = port_block()
     template = f"{{command: {command}, port_range: [{lo}, {hi}], cpus: 0.25}}"
     cfg, path = group_config(
-        tmp_path / "state", "process", template, min_=0, max_=max_, metrics=METRIC, extra=extra
+        tmp_path / "state",
+        "process",
+        template,
+        min_=0,
+        max_=max_,
+        metrics=METRIC,
+        extra=extra,
+        balancer_type=balancer_type,
     )
     return cfg, path, (lo, hi)
 
@@ -64,8 +73,10 @@ def _url(cfg: Any) -> str:
     return f"http://{cfg.groups[0].balancer.listen}/work?ms=5"
 
 
-def test_a_burst_at_zero_is_served_whole_and_the_group_returns_to_zero(tmp_path: Path) -> None:
-    cfg, _, ports = _config(tmp_path, WORKLOAD, stz_extra(idle="5s"))
+def test_a_burst_at_zero_is_served_whole_and_the_group_returns_to_zero(
+    tmp_path: Path, balancer_type: str
+) -> None:
+    cfg, _, ports = _config(tmp_path, WORKLOAD, stz_extra(idle="5s"), balancer_type=balancer_type)
     g = cfg.groups[0].name
     try:
         with BackgroundController(cfg):

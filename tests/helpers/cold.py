@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from multidict import CIMultiDict
 
 from helpers.e2e import decisions, events, wait_for
 
@@ -35,7 +36,8 @@ def fnv1a(data: bytes) -> str:
 class Answer:
     status: int | str  # the HTTP status, or the exception's name when the request failed outright
     seconds: float
-    headers: dict[str, str] = field(default_factory=dict)
+    # Case-insensitive, as HTTP header names are (HAProxy sends them in lower case).
+    headers: CIMultiDict[str] = field(default_factory=CIMultiDict)
     body: bytes = b""
     sent: bytes | None = None  # POST: the body we sent
 
@@ -56,7 +58,7 @@ async def _one(s: aiohttp.ClientSession, url: str, i: int, post: bool, timeout: 
             timeout=aiohttp.ClientTimeout(total=timeout),
         ) as r:
             data = await r.read()
-            return Answer(r.status, time.monotonic() - t0, dict(r.headers), data, body)
+            return Answer(r.status, time.monotonic() - t0, CIMultiDict(r.headers), data, body)
     except Exception as exc:  # the status of a request that got no answer at all
         return Answer(type(exc).__name__, time.monotonic() - t0, sent=body)
 

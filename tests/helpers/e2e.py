@@ -75,8 +75,10 @@ def group_config(
     health_timeout: str = "3s",
     startup_grace: str = "15s",
     balancer: str = "",
+    balancer_type: str = "nginx",
 ) -> tuple[Any, str]:
-    """One group of `tier` behind nginx, written to `<state_dir>/../<name>.yaml` and loaded.
+    """One group of `tier` behind nginx (or `balancer_type`: haproxy), written to
+    `<state_dir>/../<name>.yaml` and loaded.
 
     `template` is the tier's template as a YAML flow mapping; `balancer` adds keys to the balancer
     mapping (e.g. `algorithm: least_conn`); `extra` is appended as is (more group keys, or top-level ones).
@@ -107,7 +109,7 @@ state_dir: {state_dir}
         stabilization_window: {down_window}
         policies: [{{type: Percent, value: 100, period: 3s}}]
     drain_timeout: 5s
-    balancer: {{type: nginx, listen: "127.0.0.1:{listen}"{balancer_keys}}}
+    balancer: {{type: {balancer_type}, listen: "127.0.0.1:{listen}"{balancer_keys}}}
 {extra}"""
     path = Path(state_dir).parent / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -348,6 +350,24 @@ def nginx_processes(state_dir: Path) -> list[psutil.Process]:
         except psutil.Error:
             continue
     return out
+
+
+def haproxy_processes(state_dir: Path) -> list[psutil.Process]:
+    """HAProxy masters and workers started under `state_dir` (each names its config, which lives there)."""
+    needle = str(state_dir)
+    out = []
+    for p in psutil.process_iter(["name", "cmdline"]):
+        try:
+            if p.info["name"] == "haproxy" and needle in " ".join(p.info["cmdline"] or []):
+                out.append(p)
+        except psutil.Error:
+            continue
+    return out
+
+
+def balancer_processes(state_dir: Path) -> list[psutil.Process]:
+    """Every nginx master and HAProxy process of ours under `state_dir`."""
+    return nginx_processes(state_dir) + haproxy_processes(state_dir)
 
 
 def balancer_log_tail(state_dir: Path, group: str, lines: int = 12) -> str:

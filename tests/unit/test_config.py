@@ -688,7 +688,7 @@ BAD: list[tuple[str, str, int, str | None, str]] = [
         GROUP + "    balancer: {algorithm: random}\n",
         6,
         "groups[0].balancer.algorithm",
-        "must be one of: round_robin, least_conn",
+        "nginx supports round_robin, least_conn (got random; random is haproxy's)",
     ),
     (
         "bad token_env",

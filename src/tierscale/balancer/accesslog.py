@@ -1,6 +1,8 @@
 """Incremental reader of the balancer's JSON access log: per-replica rps, p95 latency, errors, retries.
 
-Timestamps are nginx's ``$msec`` (wall clock), so ``now`` arguments are ``time.time()`` values.
+nginx's format and HAProxy's (balancer/haproxy.py's log-format, told apart by its `server_ip`) alike.
+Timestamps are nginx's ``$msec`` or HAProxy's accept time (wall clock), so ``now`` arguments are
+``time.time()`` values.
 Only a bounded time window of samples is kept (the largest window ever asked for, at least
 ``retention``), plus a hard cap on the count so a traffic spike cannot exhaust memory.
 """
@@ -15,6 +17,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+
+from tierscale.addresses import format_address
 
 # nginx joins per-attempt values with ", " (retries to the next upstream) and " : " (internal redirects
 # to another upstream group). Addresses themselves contain ":" but never " : ".
@@ -82,6 +86,8 @@ def _parse(line: bytes) -> _Sample | None:
         return None
     if not math.isfinite(ts):
         return None
+    if "server_ip" in rec:
+        return _parse_haproxy(rec, ts, status)
     addrs = _split(rec.get("upstream_addr"))
     statuses = _split(rec.get("upstream_status"))
     times = _split(rec.get("upstream_response_time"))
@@ -103,6 +109,31 @@ def _parse(line: bytes) -> _Sample | None:
         upstream_ms=_seconds_to_ms(times[last]) if last is not None and last < len(times) else None,
         retries=max(0, len(attempts) - 1),
         failed=failed,
+    )
+
+
+def _ms(value: object) -> float | None:
+    """HAProxy's timers: milliseconds, -1 when the phase never happened."""
+    return float(value) if isinstance(value, int | float) and value >= 0 else None
+
+
+def _parse_haproxy(rec: dict[str, object], ts: float, status: int) -> _Sample | None:
+    """balancer/haproxy.py's log-format: one attempt's server (the last), its timers in ms, the retry
+    count (`%rc`, "+N" when redispatched to another server)."""
+    ip, port = str(rec.get("server_ip") or "-"), str(rec.get("server_port") or "-")
+    upstream = format_address(ip, port) if ip not in ("-", "") and port not in ("-", "", "0") else None
+    try:
+        retries = max(0, int(str(rec.get("retries", "0")).lstrip("+")))
+    except ValueError:
+        retries = 0
+    return _Sample(
+        ts=ts,
+        status=status,
+        request_ms=_ms(rec.get("request_ms")),
+        upstream=upstream,
+        upstream_ms=_ms(rec.get("upstream_response_ms")) if upstream else None,
+        retries=retries,
+        failed=(upstream,) if upstream and status >= 500 else (),
     )
 
 

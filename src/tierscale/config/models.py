@@ -625,10 +625,29 @@ class ScheduleConfig(_Model):
         return self
 
 
+# What each balancer can do; ip_hash is HAProxy's `balance source`.
+BALANCER_ALGORITHMS: dict[str, tuple[str, ...]] = {
+    "nginx": ("round_robin", "least_conn"),
+    "haproxy": ("round_robin", "least_conn", "ip_hash", "random", "first"),
+    "none": ("round_robin",),
+}
+
+
 class BalancerConfig(_Model):
-    type: Literal["nginx", "none"] = "nginx"
+    # nginx applies a new set by reloading; haproxy through its Runtime API, without one.
+    type: Literal["nginx", "haproxy", "none"] = "nginx"
     listen: Listen = "127.0.0.1:8080"
-    algorithm: Literal["round_robin", "least_conn"] = "round_robin"
+    algorithm: StrictStr = "round_robin"
+
+    @model_validator(mode="after")
+    def _algorithm(self) -> BalancerConfig:
+        known = BALANCER_ALGORITHMS[self.type]
+        if self.algorithm not in known:
+            others = [t for t, names in BALANCER_ALGORITHMS.items() if self.algorithm in names]
+            hint = f"; {self.algorithm} is {others[0]}'s" if others else ""
+            names = ", ".join(known)
+            raise problem(f"{self.type} supports {names} (got {self.algorithm}{hint})", "algorithm")
+        return self
 
 
 def _amount(value: Any) -> Amount:
@@ -937,7 +956,7 @@ class Config(_Model):
             names[group.name] = i
         listens: list[tuple[int, str]] = []
         for i, group in enumerate(self.groups):
-            if group.balancer.type != "nginx":
+            if group.balancer.type == "none":
                 continue
             listen = group.balancer.listen
             if _listens_clash(listen, self.api.listen):

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tierscale.balancer.base import Balancer
+from tierscale.balancer.haproxy import HAProxyBalancer
 from tierscale.balancer.nginx import NginxBalancer
 from tierscale.config.models import Config, GroupBase
 from tierscale.config.settings import settings_for
@@ -44,15 +45,13 @@ BalancerFactory = Callable[[GroupBase, Path], Balancer | None]
 ProberFactory = Callable[[GroupBase, Provider], Prober | None]
 
 
-def make_balancer(group: GroupBase, state_dir: Path) -> NginxBalancer | None:
-    if group.balancer.type != "nginx":
+def make_balancer(group: GroupBase, state_dir: Path) -> Balancer | None:
+    b, home = group.balancer, group_dir(state_dir, group.name)
+    if b.type == "haproxy":
+        return HAProxyBalancer(group.name, b.listen, b.algorithm, home / "haproxy")
+    if b.type != "nginx":
         return None
-    return NginxBalancer(
-        group.name,
-        group.balancer.listen,
-        group.balancer.algorithm,
-        group_dir(state_dir, group.name) / "nginx",
-    )
+    return NginxBalancer(group.name, b.listen, b.algorithm, home / "nginx")
 
 
 class Controller:
