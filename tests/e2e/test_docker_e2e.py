@@ -25,6 +25,7 @@ from helpers.ci import require
 from helpers.daemons import dockerd_pid, start_dockerd, stop_dockerd
 from helpers.e2e import (
     CliControllers,
+    balancer_processes,
     decisions,
     events,
     free_port,
@@ -87,12 +88,21 @@ def docker_config(
     target: int = 50,
     down_window: str = "4s",
     host: str | None = None,
+    balancer_type: str = "nginx",
 ) -> tuple[Any, str]:
     name = "dk-" + secrets.token_hex(3)  # labels are engine-wide: never collide with another run
     host_key = f", host: {host}" if host else ""
     template = f"{{image: {DEMO_IMAGE}, port: 8080, cpus: {cpus}, memory: 64m{host_key}}}"
     return group_config(
-        state_dir, "docker", template, name=name, min_=min_, max_=max_, target=target, down_window=down_window
+        state_dir,
+        "docker",
+        template,
+        name=name,
+        min_=min_,
+        max_=max_,
+        target=target,
+        down_window=down_window,
+        balancer_type=balancer_type,
     )
 
 
@@ -103,7 +113,7 @@ def cleanup(cfg: Any) -> None:
     leaked = containers(group)
     for c in leaked:  # a failed test must not leak containers
         c.remove(force=True)
-    assert not nginx_processes(Path(cfg.state_dir))
+    assert not balancer_processes(Path(cfg.state_dir))
     assert not leaked, f"down left containers: {[c.name for c in leaked]}"
 
 
@@ -116,11 +126,11 @@ def group_of(cfg: Any) -> str:
     return str(cfg.groups[0].name)
 
 
-def test_scale_out_under_load_and_back_in_with_zero_failures(state_dir: Path) -> None:
+def test_scale_out_under_load_and_back_in_with_zero_failures(state_dir: Path, balancer_type: str) -> None:
     # Docker enforces the CPU allotment (CFS quota), unlike the process tier: a replica offered more than
     # its allotment queues requests until the new ones serve. The step is sized so the first replica is
     # busy (≈40 % of 0.5 core) but never overloaded, and the low target still asks for 3 replicas.
-    cfg, _ = docker_config(state_dir, min_=1, max_=4, cpus=0.5, target=15)
+    cfg, _ = docker_config(state_dir, min_=1, max_=4, cpus=0.5, target=15, balancer_type=balancer_type)
     g = group_of(cfg)
     try:
         with BackgroundController(cfg) as bg:

@@ -205,3 +205,43 @@ def test_haproxy_killed_under_load_is_restarted_and_keeps_the_replicas(tmp_path:
     finally:
         down(cfg)
     assert workload_processes(ports) == [] and haproxy_processes(state_dir) == []
+
+
+def test_requests_per_replica_and_p95_come_from_haproxys_log(tmp_path: Path) -> None:
+    """The request metrics read HAProxy's log as they read nginx's: 20 req/s at 5 per replica asks for 4."""
+    state_dir = tmp_path / "state"
+    metrics = "[{type: requests_per_replica, target: 5}, {type: latency_p95_ms, target: 5000}]"
+    cfg, _ = process_group_config(state_dir, min_=1, max_=4, metrics=metrics, balancer_type="haproxy")
+    runner = LoadRunner(work_url(cfg, 2), lambda _t: 20.0, 60)
+    try:
+        with BackgroundController(cfg) as bg:
+            wait_for(lambda: bg.status("web")["ready"] == 1, 30, what="one ready")
+            runner.start()
+            wait_for(lambda: bg.status("web")["desired"] == 4, 40, what="scaled to 4 on req/s")
+            proposals = {p["metric"]: p for p in bg.status("web")["last_decision"]["proposals"]}
+            assert proposals["requests_per_replica"]["value"] > 0, proposals
+            p95 = proposals["latency_p95_ms"]["value"]
+            assert p95 is not None and 0 < p95 < 5000, proposals
+            runner.stop()
+        result = runner.result(timeout=30)
+        assert result.failed == 0, result.status
+    finally:
+        runner.stop()
+        down(cfg)
+
+
+def test_a_config_haproxy_rejects_keeps_the_last_good_one_serving(
+    balancer: HAProxyBalancer, backends: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one reload there is (the slot row growing) checks the new file with `haproxy -c` first."""
+    b = balancer
+    b.ensure_running(backends)
+    live = b.conf_path.read_text()
+    monkeypatch.setattr(b, "render", lambda slots: live.replace("balance roundrobin", "balance sideways"))
+    many = backends + [f"127.0.0.1:{free_port()}" for _ in range(17)]
+    result = b.apply(many)
+    assert not result.ok and "balance only supports 'roundrobin'" in (result.error or ""), result
+    assert "\n" not in (result.error or "")
+    assert b.conf_path.read_text() == live and b.slots == 16  # the running file was never replaced
+    res = run_load_sync(f"{b.url}/work?ms=1", 40, 1)
+    assert res.failed == 0 and len(res.instances) == 3, (res.status, res.instances)

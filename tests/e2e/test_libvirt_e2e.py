@@ -54,7 +54,7 @@ def _down(cfg: Any, conn: Any, group: str) -> None:
 
 
 def test_scale_out_under_load_and_back_in_with_zero_failures(
-    tmp_path: Path, vm_group: str, vm_image: dict[str, Path], libvirtd: Any
+    tmp_path: Path, vm_group: str, vm_image: dict[str, Path], libvirtd: Any, balancer_type: str
 ) -> None:
     state = tmp_path / "state"
     # Linked clones of the golden qcow2: the overlay path is exercised under load too.
@@ -65,6 +65,7 @@ def test_scale_out_under_load_and_back_in_with_zero_failures(
         min_=1,
         max_=3,
         metrics="[{type: requests_per_replica, target: 3}]",
+        balancer_type=balancer_type,
     )
     try:
         with BackgroundController(cfg) as bg:

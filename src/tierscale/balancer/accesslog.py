@@ -269,6 +269,11 @@ class AccessLogReader:
             for addr in sorted(requests.keys() | errors.keys())
         }
 
+    def first_request_to(self, addresses: set[str], after: float) -> float | None:
+        """When the first request after `after` went to one of `addresses` (how soon a new replica
+        gets traffic), or None if none did yet."""
+        return min((s.ts for s in self._samples if s.ts > after and s.upstream in addresses), default=None)
+
     def totals(self, window: float, now: float | None = None) -> TotalStats:
         samples, window = self._window(window, now)
         return TotalStats(

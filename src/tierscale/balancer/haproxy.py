@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -250,8 +251,9 @@ backend {HOLD_BACKEND}
 
     def _grow(self, needed: int) -> None:
         """More replicas than slots: a reload with twice the slots; the state file keeps the live ones."""
-        self.slots = _slots_for(needed)
-        self._write_checked(self.render(self.slots))
+        slots = _slots_for(needed)
+        self._write_checked(self.render(slots))  # a rejected file changes nothing, self.slots included
+        self.slots = slots
         self.runtime.save_server_state(self.state_path)
         master = self._master()
         if master is None:
@@ -323,7 +325,7 @@ backend {HOLD_BACKEND}
         candidate = self.conf_path.with_name("haproxy.cfg.candidate")
         candidate.write_text(text)
         done = subprocess.run(
-            [self._haproxy(), "-c", "-q", "-f", str(candidate)],
+            [self._haproxy(), "-c", "-f", str(candidate)],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             timeout=30,
@@ -427,12 +429,17 @@ def _row_address(row: ServerRow) -> tuple[str, int] | None:
         return None
 
 
+_ALERT_RE = re.compile(r"^\[(ALERT|WARNING)\]\s+\(\d+\)\s*:\s*(.*)$")
+
+
 def _alert_line(output: str) -> str:
+    """HAProxy's first alert (or warning), without its level and pid: the one line that says why."""
     lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
-    for level in ("[ALERT]", "[WARNING]"):
+    for level in ("ALERT", "WARNING"):
         for ln in lines:
-            if ln.startswith(level):
-                return ln.split(":", 1)[-1].strip() if " : " in ln else ln
+            m = _ALERT_RE.match(ln)
+            if m and m.group(1) == level:
+                return m.group(2)
     return lines[-1] if lines else "haproxy failed without a message"
 
 
