@@ -13,7 +13,7 @@ setup:
 # What the suite needs before its first test; the test cloud (minutes to come up, only the cloud group
 # uses it) starts in the background at the beginning of `test` and the cloud group waits for it.
 setup-base:
-	bash scripts/setup-host.sh base docker libvirt browser etcd prometheus queues haproxy
+	bash scripts/setup-host.sh base docker libvirt browser etcd prometheus queues haproxy packaging
 
 venv: $(VENV)/.installed
 

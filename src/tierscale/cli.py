@@ -84,11 +84,13 @@ def run(file: str, dry_run: bool, once: bool, log_format: str, verbose: bool) ->
     setup_logging(log_format, verbose)
     from tierscale.balancer.base import BalancerError
     from tierscale.controller.locks import ControllerError
-    from tierscale.providers import ProviderError
+    from tierscale.providers import MissingExtra, ProviderError
     from tierscale.service import run_controller
 
     try:
         sys.exit(run_controller(cfg, dry_run=dry_run, once=once, path=file))
+    except MissingExtra as exc:  # this install cannot run the file: as bad an input as a typo in it
+        fail(str(exc), 2)
     except (ControllerError, ProviderError, BalancerError) as exc:
         fail(str(exc))
 
@@ -336,13 +338,85 @@ def down(file: str) -> None:
     cfg = load_or_exit(file)
     from tierscale.controller.down import down as do_down
     from tierscale.controller.locks import ControllerError
-    from tierscale.providers import ProviderError
+    from tierscale.providers import MissingExtra, ProviderError
 
     try:
         for line in do_down(cfg):
             click.echo(line)
+    except MissingExtra as exc:
+        fail(str(exc), 2)
     except (ControllerError, ProviderError) as exc:
         fail(str(exc))
+
+
+def _complete_tier(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    from tierscale.init_config import TIERS
+
+    return [t for t in TIERS if t.startswith(incomplete)]
+
+
+@main.command()
+@click.option(
+    "--tier",
+    metavar="process|docker|libvirt|openstack",
+    shell_complete=_complete_tier,
+    help="The tier of the starter group.",
+)
+@click.option(
+    "--out",
+    default="tierscale.yaml",
+    show_default=True,
+    metavar="FILE",
+    help="Where to write it ('-': stdout; what was found goes to stderr then).",
+)
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+@click.option(
+    "--state-dir",
+    metavar="DIR",
+    help="The config's state_dir (e.g. /var/lib/tierscale under systemd). Default: ~/.local/state/tierscale",
+)
+def init(tier: str | None, out: str, force: bool, state_dir: str | None) -> None:
+    """Write a commented starter config for one tier, after probing what this host has for it."""
+    from tierscale.config import ConfigError
+    from tierscale.init_config import TIERS, InitError, init_config
+
+    if tier is None:
+        fail(f"--tier is required: one of {', '.join(TIERS)}", 2)
+    try:
+        text, found = init_config(tier, out, force=force, state_dir=state_dir)
+    except InitError as exc:
+        fail(str(exc), 2)
+    except OSError as exc:
+        fail(f"--out {out}: cannot write: {exc.strerror or exc}", 1)
+    except ConfigError as exc:  # the starter must be valid whatever the probes found: this is a bug
+        fail(f"the starter config is not valid (please report this bug): {exc.first_line()}", 1)
+    report = "\n".join(found)
+    if out == "-":
+        click.echo(report, err=True)
+        click.echo(text, nl=False)
+    else:
+        click.echo(report)
+        click.echo(
+            f"wrote {out}: check it with `tierscale validate {out}`, start it with `tierscale run {out}`"
+        )
+
+
+_SHELLS = ("bash", "zsh", "fish")
+
+
+@main.command()
+@click.argument(
+    "shell", metavar="bash|zsh|fish", shell_complete=lambda c, p, i: [s for s in _SHELLS if s.startswith(i)]
+)
+def completion(shell: str) -> None:
+    """Print the shell completion script: eval "$(tierscale completion bash)" in ~/.bashrc."""
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell) if shell in _SHELLS else None
+    if cls is None:
+        fail(f"completion {shell}: the shells are {', '.join(_SHELLS)}", 2)
+    # The script `_TIERSCALE_COMPLETE=bash_source tierscale` prints, so either way of installing it works.
+    click.echo(cls(main, {}, "tierscale", "_TIERSCALE_COMPLETE").source(), nl=False)
 
 
 @main.command()
@@ -354,10 +428,14 @@ def down(file: str) -> None:
 def demo(tier: str, state_dir: str | None, quick: bool) -> None:
     """A self-contained group under generated load, scaling out then back in, with a live view."""
     from tierscale.demo import TIER_TEMPLATES, run_demo
+    from tierscale.providers import MissingExtra
 
     if tier not in TIER_TEMPLATES:
         fail(f"--tier {tier}: this tier's demo is not implemented yet", 1)
-    sys.exit(run_demo(state_dir=Path(state_dir) if state_dir else None, quick=quick, tier=tier))
+    try:
+        sys.exit(run_demo(state_dir=Path(state_dir) if state_dir else None, quick=quick, tier=tier))
+    except MissingExtra as exc:  # --tier docker on an install without the Docker SDK
+        fail(str(exc), 2)
 
 
 @main.command()

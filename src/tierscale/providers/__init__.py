@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from tierscale.config.revision import template_revision
 from tierscale.policy.placement import Demand
@@ -31,12 +31,14 @@ if TYPE_CHECKING:
     from tierscale.config.models import Group
 
 __all__ = [
+    "TIER_LIBRARIES",
     "Capability",
     "CreateRejected",
     "EventSink",
     "Fleet",
     "HostInfo",
     "Listing",
+    "MissingExtra",
     "Provider",
     "ProviderError",
     "ProviderTimeout",
@@ -48,6 +50,39 @@ __all__ = [
     "make_provider",
     "no_events",
 ]
+
+
+class TierLibrary(NamedTuple):
+    module: str  # the top-level module the tier's provider imports
+    extra: str  # tierscale[EXTRA] installs it
+    what: str  # what to call it in a message
+
+
+# The tiers whose client library is an extra (pyproject.toml): the process tier needs none.
+TIER_LIBRARIES: dict[str, TierLibrary] = {
+    "docker": TierLibrary("docker", "docker", "the Docker SDK"),
+    "swarm": TierLibrary("docker", "docker", "the Docker SDK"),
+    "libvirt": TierLibrary("libvirt", "libvirt", "libvirt-python"),
+    "openstack": TierLibrary("openstack", "openstack", "openstacksdk"),
+}
+
+
+class MissingExtra(ProviderError):
+    """A group's tier needs a client library that is not installed: bad input for this install, not a
+    runtime failure (the CLI exits 2)."""
+
+
+def missing_extra(tier: str, exc: ImportError, where: str = "") -> MissingExtra:
+    """The one line for `exc`, raised while importing `tier`'s provider; re-raises `exc` when it is a
+    broken import of tierscale's own, which no pip install would fix."""
+    lib = TIER_LIBRARIES[tier]
+    if (exc.name or "").split(".")[0] == "tierscale":
+        raise exc
+    # A module that is simply not there needs no more words; anything else (libvirt-python built against
+    # a libvirt.so that is gone, a half-installed openstacksdk) is worth quoting.
+    absent = isinstance(exc, ModuleNotFoundError) and exc.name == lib.module
+    detail = "" if absent else f" ({exc})"
+    return MissingExtra(f"{where}tier {tier} needs {lib.what}{detail}: pip install 'tierscale[{lib.extra}]'")
 
 
 def _fleet(group: Group, members: Mapping[str, HostProvider], demand: Demand) -> Fleet:
@@ -63,10 +98,22 @@ def _fleet(group: Group, members: Mapping[str, HostProvider], demand: Demand) ->
 
 def make_provider(group: Group, state_dir: Path, events: EventSink = no_events) -> Provider:
     """Build the provider for a validated group config; every replica it makes carries the revision of
-    the group's template, and what it wants on the record goes to `events`."""
+    the group's template, and what it wants on the record goes to `events`. A tier whose client library
+    is not installed raises MissingExtra."""
+    revision = template_revision(group.template)
+    try:
+        return _make(group, state_dir, events, revision)
+    except ImportError as exc:
+        if group.tier not in TIER_LIBRARIES:
+            raise
+        raise missing_extra(group.tier, exc, f"groups[{group.name}].tier: ") from None
+
+
+def _make(group: Group, state_dir: Path, events: EventSink, revision: str) -> Provider:
+    # The tiers' modules are imported here, not at the top: each imports its client library (an extra) at
+    # its own top, and `import tierscale.providers` must work on a host with none of them.
     from tierscale.config.models import DockerGroup, LibvirtGroup, OpenstackGroup, ProcessGroup, SwarmGroup
 
-    revision = template_revision(group.template)
     if isinstance(group, ProcessGroup):
         from tierscale.providers.process import ProcessProvider
 
@@ -122,13 +169,8 @@ def make_provider(group: Group, state_dir: Path, events: EventSink = no_events) 
             group.name, group.template, collect_cpu=uses_cpu, revision=revision, events=events
         )
     if isinstance(group, LibvirtGroup):
-        try:
-            from tierscale.providers.libvirt import make_libvirt_provider
-        except ImportError as exc:  # libvirt-python is an extra: it needs libvirt's C library to build
-            raise ProviderError(
-                f"groups[{group.name}].tier: libvirt needs libvirt-python ({exc}): "
-                "pip install 'tierscale[libvirt]'"
-            ) from None
+        from tierscale.providers.libvirt import make_libvirt_provider
+
         t = group.template
         if t.uris is None:
             return make_libvirt_provider(group, revision=revision, events=events)
