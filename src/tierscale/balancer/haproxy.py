@@ -15,12 +15,14 @@ adopted after a controller restart: its slots are read back from the Runtime API
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -79,7 +81,7 @@ class HAProxyBalancer:
         self.haproxy_bin = haproxy_bin
         self.shutdown_timeout = shutdown_timeout
         self.start_timeout = start_timeout
-        self.runtime = RuntimeAPI(self.prefix / "admin.sock")
+        self.runtime = RuntimeAPI(_socket_path(self.prefix))
         self.slots = MIN_SLOTS
         self.hold_address: str | None = None
         self.hold_timeout = 30.0
@@ -395,6 +397,24 @@ backend {HOLD_BACKEND}
             return _alert_line(self.error_log_path.read_text(errors="replace"))
         except OSError:
             return "no message"
+
+
+# AF_UNIX paths hold 107 bytes, and HAProxy binds `<path>.<pid>.tmp` first, then renames it.
+_SOCKET_PATH_MAX = 90
+
+
+def _socket_path(prefix: Path) -> Path:
+    """The admin socket: in the group's directory when its path is short enough, else in a private
+    runtime directory under a name derived from that directory (the same one after a restart, so a new
+    controller finds the HAProxy it adopts)."""
+    here = prefix / "admin.sock"
+    if len(os.fsencode(here)) <= _SOCKET_PATH_MAX:
+        return here
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or ("/run" if os.geteuid() == 0 else tempfile.gettempdir())
+    base = Path(runtime) / f"tierscale-{os.geteuid()}"
+    make_private_dir(base)
+    digest = hashlib.sha256(os.fsencode(prefix)).hexdigest()[:16]
+    return base / f"haproxy-{digest}.sock"
 
 
 def _empty_body(group: str) -> str:
