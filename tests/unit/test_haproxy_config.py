@@ -4,6 +4,8 @@ renders, the slot arithmetic, and the per-balancer algorithm rules of the config
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -101,15 +103,17 @@ def test_a_long_state_dir_moves_the_admin_socket_to_a_short_private_path(
 ) -> None:
     """AF_UNIX paths hold 107 bytes (HAProxy binds `<path>.<pid>.tmp` first): CI's docker and VM groups
     have state dirs long enough that HAProxy could not create its socket."""
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
-    short = HAProxyBalancer("web", "127.0.0.1:8080", "round_robin", tmp_path / "h")
-    assert short.runtime.path == tmp_path / "h" / "admin.sock"
+    run = Path(tempfile.mkdtemp(prefix="tsrun", dir="/tmp"))  # short, as /run or $XDG_RUNTIME_DIR are
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
+    short = HAProxyBalancer("web", "127.0.0.1:8080", "round_robin", Path("/tmp/s/h"))
+    assert short.runtime.path == Path("/tmp/s/h/admin.sock")
     deep = tmp_path / ("x" * 60) / "groups" / "dk-7b4e98" / "haproxy"
     long_one = HAProxyBalancer("dk-7b4e98", "127.0.0.1:8080", "round_robin", deep)
     path = long_one.runtime.path
-    assert path.parent.parent == tmp_path / "run" and len(str(path)) < 108
+    assert path.parent.parent == run and len(str(path)) < 108
     assert (path.parent.stat().st_mode & 0o777) == 0o700
     again = HAProxyBalancer("dk-7b4e98", "127.0.0.1:8080", "round_robin", deep)
     assert again.runtime.path == path  # a restarted controller finds the same socket
     other = HAProxyBalancer("dk-7b4e98", "127.0.0.1:8080", "round_robin", deep.with_name("other"))
     assert other.runtime.path != path
+    shutil.rmtree(run)
