@@ -25,6 +25,7 @@ from helpers.ci import require
 from helpers.daemons import dockerd_pid, start_dockerd, stop_dockerd
 from helpers.e2e import (
     CliControllers,
+    Step,
     balancer_processes,
     decisions,
     events,
@@ -134,9 +135,7 @@ def test_scale_out_under_load_and_back_in_with_zero_failures(state_dir: Path, ba
     g = group_of(cfg)
     try:
         with BackgroundController(cfg) as bg:
-
-            def rate(t: float) -> float:
-                return 4.0 if t < 3 else (20.0 if t < 22 else 2.0)
+            rate = Step(4.0, 20.0, 2.0)
 
             def at_peak() -> None:
                 assert len(containers(g, "running")) >= 3

@@ -12,6 +12,7 @@ import pytest
 
 from helpers.e2e import (
     CliControllers,
+    Step,
     balancer_processes,
     decisions,
     events,
@@ -54,11 +55,7 @@ def test_scale_out_under_load_and_back_in_with_zero_failures(state_dir: Path, ba
     cfg, _ = process_group_config(state_dir, min_=1, max_=5, balancer_type=balancer_type)
     try:
         with BackgroundController(cfg) as bg:
-
-            def rate(t: float) -> float:
-                return 4.0 if t < 3 else (30.0 if t < 25 else 2.0)
-
-            scale_out_and_back(bg, "web", work_url(cfg, 20), rate, 80)
+            scale_out_and_back(bg, "web", work_url(cfg, 20), Step(4.0, 30.0, 2.0), 80)
     finally:
         _cleanup(cfg)
 

@@ -19,6 +19,7 @@ from helpers.ci import require
 from helpers.daemons import libvirtd_pid, start_libvirtd, stop_libvirtd
 from helpers.e2e import (
     CliControllers,
+    Step,
     events,
     failed_message,
     nginx_processes,
@@ -72,8 +73,7 @@ def test_scale_out_under_load_and_back_in_with_zero_failures(
             # 1 req/s, then 9 (3 VMs' worth at 3 per VM), then 0.5. Modest on purpose: QEMU's forwarded
             # port has a listen backlog of 1, and a burst of new upstream connections while the host is
             # busy booting VMs can lose a SYN (retransmitted after 1 s, nginx's connect timeout).
-            def rate(t: float) -> float:
-                return 1.0 if t < 3 else (9.0 if t < 40 else 0.5)
+            rate = Step(1.0, 9.0, 0.5)
 
             def at_peak() -> None:
                 assert len(overlay_files(vm_group)) == len(group_domains(libvirtd, vm_group))

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -215,11 +216,29 @@ def failed_message(result: LoadResult) -> str:
     return f"failed requests: {result.status} {result.errors} at {bad[:20]}"
 
 
+class Step:
+    """An offered rate: `base` for `start` s, then `peak` until `release()`, then `tail`. The peak ends on
+    a condition (the test saw the group at its peak), not at a guessed time: on a loaded machine the
+    replicas take longer to boot, and a step that ended by the clock would end before they were ready."""
+
+    def __init__(self, base: float, peak: float, tail: float, start: float = 3.0) -> None:
+        self.base, self.peak, self.tail, self.start = base, peak, tail, start
+        self._released = threading.Event()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def __call__(self, t: float) -> float:
+        if t < self.start:
+            return self.base
+        return self.tail if self._released.is_set() else self.peak
+
+
 def scale_out_and_back(
     bg: BackgroundController,
     group: str,
     url: str,
-    rate: Callable[[float], float],
+    rate: Step,
     seconds: float,
     *,
     first_ready: float = 20,
@@ -241,6 +260,7 @@ def scale_out_and_back(
         peak = {r["id"] for r in bg.status(group)["replicas"] if r["state"] == "ready"}
         assert len(peak) >= 3
         at_peak()
+        rate.release()
         wait_for(
             lambda: bg.status(group)["desired"] == 1,
             back_to_min,
