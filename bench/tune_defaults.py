@@ -3,10 +3,11 @@
 Each candidate is `examples/sim/recommended.yaml` with some keys overridden (see `SPEC_KEYS`), written to a
 temporary YAML file and replayed through `bench/simulate_compare.simulate` (the same `run_simulation`
 call the comparison bench makes) on every trace × delay. For each candidate it prints, per run and as
-the geometric mean over the runs, the score (geometric mean of the θU, θO, τU, τO, υ ratios) and the
-replica-hours ratio against `lab-rule.yaml` and `hpa-defaults.yaml`. The issue's goal, read over the
-whole benchmark: geometric-mean score < 1 **and** geometric-mean replica-hours ratio <= 1 against each
-baseline ("meets"); the per-run count of wins (score < 1 and replica-hours <= 1) is printed beside it.
+the geometric mean over the runs, the score (`tierscale.simulate.compare.score`: accuracy, timeshare,
+overflow and churn; see docs/simulator.md) and the replica-hours ratio against `lab-rule.yaml` and
+`hpa-defaults.yaml`. The issue's goal, read over the whole benchmark: geometric-mean score < 1 **and**
+geometric-mean replica-hours ratio <= 1 against each baseline ("meets"); the per-run count of wins
+(score < 1 and replica-hours <= 1) is printed beside it.
 
 A candidate is written `key=value,key=value` (an empty string is recommended.yaml itself), e.g.
 `tol=0,target=68,down=30s`; `--config FILE` adds a YAML file as it is. Screen on the short traces
@@ -42,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from simulate_compare import DEFAULT_TRACES, EXAMPLES, geo, select_traces
 from tierscale.simulate import SimOptions, run_simulation
 from tierscale.simulate.compare import score
+from tierscale.simulate.progress import SimProgress
 
 BASELINES = ("lab-rule", "hpa-defaults")
 DELAYS = ("container", "vm")
@@ -162,26 +164,32 @@ def evaluate(
 ) -> dict[tuple[Run, Path], dict[str, float]]:
     """Metrics of every config on every run, the simulations that are not in the cache in one call each."""
     out: dict[tuple[Run, Path], dict[str, float]] = {}
-    for trace, delay, window in runs:
-        run = Run(trace.stem + (f"[{window}]" if window else ""), delay)
-        todo = [c for c in configs if Cache.key(trace, delay, window, c) not in cache.data]
-        if todo:
-            rep = run_simulation(
-                SimOptions(
-                    trace=str(trace),
-                    configs=[str(c) for c in todo],
-                    delay=delay,
-                    window=window,
-                    plots=False,
-                    oracle=False,
+    plan = list(runs)
+    # Bars on stderr when it is a terminal: one for the runs, one per config of the run in progress.
+    with SimProgress(transient=True) as bars:
+        overall = bars.add("runs", len(plan), unit="runs")
+        for trace, delay, window in plan:
+            run = Run(trace.stem + (f"[{window}]" if window else ""), delay)
+            todo = [c for c in configs if Cache.key(trace, delay, window, c) not in cache.data]
+            if todo:
+                rep = run_simulation(
+                    SimOptions(
+                        trace=str(trace),
+                        configs=[str(c) for c in todo],
+                        delay=delay,
+                        window=window,
+                        plots=False,
+                        oracle=False,
+                    ),
+                    progress=bars,
                 )
-            )
-            for c, r in zip(todo, rep.results, strict=True):
-                cache.data[Cache.key(trace, delay, window, c)] = r.metrics
-            cache.save()
-            print(f"  simulated {run.trace} {delay}: {len(todo)} configs", file=sys.stderr, flush=True)
-        for c in configs:
-            out[(run, c)] = cache.data[Cache.key(trace, delay, window, c)]
+                for c, r in zip(todo, rep.results, strict=True):
+                    cache.data[Cache.key(trace, delay, window, c)] = r.metrics
+                cache.save()
+                print(f"  simulated {run.trace} {delay}: {len(todo)} configs", file=sys.stderr, flush=True)
+            for c in configs:
+                out[(run, c)] = cache.data[Cache.key(trace, delay, window, c)]
+            bars.advance(overall)
     return out
 
 

@@ -523,6 +523,20 @@ def load(url: str, rps: float, duration: str, path: str | None, timeout: float, 
     "real times, else 1970-01-01Z).",
 )
 @click.option("--no-plots", is_flag=True, help="Skip the PNG and the plot in the HTML page.")
+@click.option(
+    "--jobs",
+    "-j",
+    metavar="N",
+    help="Configs simulated at once, each in its own process (default: one per core; 1: in this process).",
+)
+@click.option(
+    "--max-replica-hours",
+    default="1",
+    metavar="RATIO",
+    show_default=True,
+    help="Budget: a config above RATIO × the first config's replica-hours is marked over budget.",
+)
+@click.option("--no-progress", is_flag=True, help="No progress bars (shown only when stderr is a terminal).")
 @click.argument("more", nargs=-1, metavar="[FILE...]")
 def simulate(
     trace: str | None,
@@ -542,6 +556,9 @@ def simulate(
     seed: str,
     start: str | None,
     no_plots: bool,
+    jobs: str | None,
+    max_replica_hours: str,
+    no_progress: bool,
     more: tuple[str, ...],
 ) -> None:
     """Replay a request-rate trace through the policy engine; elasticity metrics, plots, comparisons."""
@@ -552,9 +569,12 @@ def simulate(
             fail(f"{flag} is required", 2)
     if not seed.isdigit():
         fail(f"--seed: expected a whole number >= 0 (got {seed!r})", 2)
+    if jobs is not None and not (jobs.isdigit() and int(jobs) >= 1):
+        fail(f"--jobs: expected a whole number >= 1 (got {jobs!r})", 2)
     try:
         from tierscale.simulate import SimInputError, SimOptions, run_simulation
-        from tierscale.simulate.command import info_lines
+        from tierscale.simulate.command import info_lines, summary_lines
+        from tierscale.simulate.progress import SimProgress
     except ImportError as exc:
         fail(f"simulate needs numpy and matplotlib ({exc}): pip install 'tierscale[sim]'", 1)
     opts = SimOptions(
@@ -574,16 +594,20 @@ def simulate(
         value_col=value_col,
         counts=counts,
         max_gap=max_gap,
+        jobs=int(jobs) if jobs is not None else None,
+        max_replica_hours=max_replica_hours,  # type: ignore[arg-type]  # validated by run_simulation
     )
     try:
-        report = run_simulation(opts)
+        with SimProgress(enabled=False if no_progress else None) as bars:
+            report = run_simulation(opts, progress=bars)
     except SimInputError as exc:
         fail(str(exc), 2)
     except ImportError as exc:
         fail(f"plots need matplotlib ({exc}): pip install 'tierscale[sim]', or pass --no-plots", 1)
     except OSError as exc:  # e.g. the disk filled up while writing the report
         fail(f"--out {out}: cannot write: {exc.strerror or exc}", 1)
-    click.echo("\n".join(info_lines(report.info)) + "\n\n" + report.table)
+    click.echo("\n".join(info_lines(report.info)) + "\n\n" + report.table + "\n")
+    click.echo("\n".join(summary_lines(report.info)))
     click.echo("wrote " + ", ".join(str(f) for f in report.files))
 
 

@@ -23,7 +23,7 @@ from tierscale.simulate import (
     run_simulation,
     simulate,
 )
-from tierscale.simulate.command import _settings
+from tierscale.simulate.jobs import settings_for_sim as _settings
 from tierscale.simulate.model import DelayModel
 from tierscale.simulate.trace import Trace, parse_window, select_window
 
@@ -242,6 +242,9 @@ def test_cli_writes_table_json_png_and_html(tmp_path: Path) -> None:
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "ratio to a" in r.stdout and "oracle" in r.stdout and "score" in r.stdout
+    assert "scalings/h" in r.stdout and "SPEC score" in r.stdout and "budget: replica-hours" in r.stdout
+    assert "per simulated day" in r.stdout
+    assert "━" not in r.stderr  # no progress bars when stderr is not a terminal
     assert (out / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (out / "report.html").read_text()
     assert "<svg" in page and "ratio to a" in page
@@ -270,6 +273,10 @@ def test_cli_writes_table_json_png_and_html(tmp_path: Path) -> None:
         (["--config", "{prom}"], "a prometheus query cannot be simulated"),
         (["--out", None], "--out is required"),
         (["stray.yaml"], "unexpected argument 'stray.yaml'"),
+        (["--jobs", "0"], "--jobs: expected a whole number >= 1 (got '0')"),
+        (["--jobs", "many"], "--jobs: expected a whole number >= 1"),
+        (["--max-replica-hours", "0"], "--max-replica-hours: must be > 0 (got 0)"),
+        (["--max-replica-hours", "x"], "--max-replica-hours: expected a number"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str | None], message: str) -> None:
@@ -317,3 +324,32 @@ def test_schedules_see_the_start_time_plus_the_window(tmp_path: Path) -> None:
     supply = run_simulation(opts).results[0].supply
     assert supply[60] == 5  # raised for the 2 minutes after 22:10
     assert supply[300] == 1  # back to the group's min afterwards
+
+
+@pytest.mark.parametrize("flag", [None, "--no-progress"])
+def test_cli_progress_bars_on_a_terminal(tmp_path: Path, flag: str | None) -> None:
+    import os
+    import pty
+
+    trace = write_trace(tmp_path / "t.csv", [10.0] * 60 + [60.0] * 120 + [20.0] * 120)
+    argv = [sys.executable, "-m", "tierscale", "simulate", "--trace", str(trace), "--config", EXAMPLES[0]]
+    argv += ["--compare", EXAMPLES[1], "--out", str(tmp_path / "o"), "--no-plots", "--capacity", "10"]
+    master, slave = pty.openpty()  # stderr is a terminal, as in an interactive shell
+    proc = subprocess.Popen([*argv, *([flag] if flag else [])], stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed its end
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    out, _ = proc.communicate(timeout=120)
+    err = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0, err
+    assert b"ratio to" in out  # the table still goes to stdout
+    shown = "100%" in err and Path(EXAMPLES[1]).stem in err
+    assert shown is (flag is None), err

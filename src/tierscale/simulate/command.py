@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tierscale.config import TIER_PROVISIONING_DELAY, ConfigError, load_config, predictive_params
+from tierscale.config import TIER_PROVISIONING_DELAY, ConfigError, load_config
 from tierscale.config.durations import format_duration
-from tierscale.config.settings import GroupSettings, settings_for
-from tierscale.simulate.compare import Result, measure
+from tierscale.simulate.compare import (
+    DEFAULT_MAX_REPLICA_HOURS,
+    FLOOR,
+    FLOORS,
+    SCORE_FACTORS,
+    Result,
+    best_within_budget,
+    measure,
+    replica_hours_ratio,
+    score,
+    within_budget,
+)
+from tierscale.simulate.jobs import Context, Job, auto_workers, run_jobs
 from tierscale.simulate.model import (
     CapacityModel,
     DelayModel,
@@ -23,8 +35,8 @@ from tierscale.simulate.model import (
     parse_delay,
 )
 from tierscale.simulate.oracle import oracle
+from tierscale.simulate.progress import SimProgress
 from tierscale.simulate.report import format_tables, plot, summary, write_html, write_json
-from tierscale.simulate.run import simulate
 from tierscale.simulate.trace import (
     DEFAULT_MAX_GAP,
     SimInputError,
@@ -35,7 +47,7 @@ from tierscale.simulate.trace import (
     select_window,
 )
 
-__all__ = ["SimOptions", "SimReport", "load_group", "run_simulation"]
+__all__ = ["SimOptions", "SimReport", "info_lines", "load_group", "run_simulation", "summary_lines"]
 
 
 @dataclass
@@ -57,6 +69,10 @@ class SimOptions:
     max_gap: str = format_duration(DEFAULT_MAX_GAP)  # longest run of missing rows filled; "none": any
     plots: bool = True
     oracle: bool = True
+    # Configs simulated at once, each in its own process. None: one per core when the comparison is long
+    # enough to gain from it (`jobs.auto_workers`), else in this process.
+    jobs: int | None = None
+    max_replica_hours: float = DEFAULT_MAX_REPLICA_HOURS  # the budget, × the first config's replica-hours
 
 
 @dataclass
@@ -123,44 +139,15 @@ def _names(paths: list[str]) -> list[str]:
     return out
 
 
-def _settings(group: Any, delay: DelayModel) -> GroupSettings:
-    s = settings_for(group)  # the controller's own conversion of the config
-    if group.policy == "predictive":
-        # `horizon: auto` means the provisioning delay: here it is known, it is the simulated one.
-        s = replace(s, forecast=predictive_params(group, delay.mean))
-    return s
+def _jobs(value: int | None) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise SimInputError(f"--jobs: must be a whole number >= 1 (got {value!r})")
+    return value
 
 
-def _run_one(
-    name: str,
-    path: str,
-    group: Any,
-    grid: Grid,
-    cap: CapacityModel,
-    delay: DelayModel,
-    demand: np.ndarray,
-    opts: SimOptions,
-    epoch: float,
-) -> Result:
-    s = _settings(group, delay)
-    initial = int(np.clip(demand[0], group.min, group.max))
-    run = simulate(s, grid, cap, delay, initial=initial, seed=opts.seed, epoch=epoch)
-    metrics = measure(demand, run.ready, run.allocated, grid.rate, cap.capacity, grid.dt)
-    metrics["scale_events"] = float(len(run.events))
-    return Result(
-        name,
-        group.policy,
-        metrics,
-        run.ready,
-        run.allocated,
-        path,
-        group.name,
-        run,
-        extra={"passes": run.passes, "sim_seconds": run.seconds},
-    )
-
-
-def run_simulation(opts: SimOptions) -> SimReport:
+def run_simulation(opts: SimOptions, progress: SimProgress | None = None) -> SimReport:
+    """Simulate every config of `opts` on its trace (and the oracle); `progress` shows a bar per config."""
+    started = time.perf_counter()
     trace: Trace = load_trace(
         opts.trace,
         time_col=opts.time_col,
@@ -172,6 +159,8 @@ def run_simulation(opts: SimOptions) -> SimReport:
         trace = select_window(trace, *parse_window(opts.window))
     speed = _number(str(opts.speed), "--speed", 0.0)
     utilization = _number(str(opts.utilization), "--utilization", 0.0, 100.0) / 100.0
+    budget = _number(str(opts.max_replica_hours), "--max-replica-hours", 0.0)
+    workers = _jobs(opts.jobs)
     # The simulated wall clock (what schedules see): --start is trace t = 0, so a window starts later. A
     # file with real times brings its own clock; --start still wins, to replay it on another day.
     base = _epoch(opts.start) if opts.start is not None else (trace.epoch or 0.0)
@@ -192,15 +181,17 @@ def run_simulation(opts: SimOptions) -> SimReport:
     grid = build_grid(trace, speed)
     demand = cap.demand(grid.rate)
 
-    results = [
-        _run_one(n, p, g, grid, cap, delay, demand, opts, epoch)
-        for n, p, g in zip(names, opts.configs, groups, strict=True)
-    ]
+    ctx = Context(trace, speed, cap, delay, opts.seed, epoch)
+    jobs = [Job(n, p, g) for n, p, g in zip(names, opts.configs, groups, strict=True)]
+    workers = min(workers, len(jobs)) if workers is not None else auto_workers(jobs, grid.duration)
+    results = run_jobs(jobs, ctx, grid, demand, workers, progress)
     if opts.oracle:
         supply, allocated = oracle(demand, first.min, first.max, math.ceil(delay.mean / grid.dt - 1e-9))
-        metrics = measure(demand, supply, allocated, grid.rate, cap.capacity, grid.dt)
-        metrics["scale_events"] = float(np.count_nonzero(np.diff(allocated)))
+        changes = int(np.count_nonzero(np.diff(allocated)))
+        metrics = measure(demand, supply, allocated, grid.rate, cap.capacity, grid.dt, changes)
         results.append(Result("oracle", "oracle", metrics, supply, allocated))
+    wall = time.perf_counter() - started
+    days = grid.duration / 86400.0
 
     info: dict[str, Any] = {
         "trace": {
@@ -227,12 +218,44 @@ def run_simulation(opts: SimOptions) -> SimReport:
             "simulated_seconds": grid.duration,
             "epoch": epoch,
         },
+        "score": _score_info(results, budget),
+        "timing": {
+            "wall_seconds": wall,
+            "simulated_days": days,
+            "configs": len(jobs),
+            "jobs": workers,
+            # The whole command (loading, every config, the oracle) per simulated day: what a user waits.
+            "seconds_per_simulated_day": wall / days if days > 0 else 0.0,
+            "per_config": {
+                r.name: r.extra["seconds_per_simulated_day"] for r in results if r.run is not None
+            },
+        },
     }
-    table = format_tables(results)
+    table = format_tables(results, budget)
     report = SimReport(table, info, results)
     if opts.out is not None:
         _write(report, Path(opts.out), grid, demand, opts)
     return report
+
+
+def _score_info(results: list[Result], budget: float) -> dict[str, Any]:
+    base = results[0].metrics
+    best = best_within_budget(results, budget)
+    return {
+        "formula": "(accuracy · timeshare · overflow · churn)^(1/4); accuracy = √(θU·θO), timeshare = "
+        "√(τU·τO), churn = √(υ·scalings/h), each a ratio to the baseline; below 1 beats it",
+        "factors": {name: list(keys) for name, keys in SCORE_FACTORS},
+        "floors": {"default": FLOOR, **FLOORS},
+        "baseline": results[0].name,
+        "max_replica_hours": budget,
+        "best_within_budget": best.name if best is not None else None,
+        "best_score": score(best.metrics, base) if best is not None else None,
+        "over_budget": {
+            r.name: replica_hours_ratio(r.metrics, base)
+            for r in results
+            if not within_budget(r.metrics, base, budget)
+        },
+    }
 
 
 def _load_info(trace: Trace) -> dict[str, Any]:
@@ -292,16 +315,40 @@ def info_lines(info: dict[str, Any]) -> list[str]:
     ]
 
 
+def summary_lines(info: dict[str, Any]) -> list[str]:
+    """The verdict under the budget, and how long the run took (per simulated day: what scales)."""
+    sc, tm = info["score"], info["timing"]
+    out: list[str] = []
+    if len(sc["over_budget"]) or tm["configs"] > 1:
+        over = ", ".join(f"{n} ({r:.2f}×)" for n, r in sc["over_budget"].items()) or "none"
+        out.append(
+            f"budget: replica-hours at most {sc['max_replica_hours']:.2f}× {sc['baseline']}'s "
+            f"(--max-replica-hours); over budget: {over}"
+        )
+    if tm["configs"] > 1 and sc["best_within_budget"] is not None:
+        out.append(f"best within budget: {sc['best_within_budget']} (score {sc['best_score']:.3f})")
+    per = ", ".join(f"{n} {v:.2f}" for n, v in tm["per_config"].items())
+    configs = _n(tm["configs"], "config")
+    out.append(
+        f"time: {configs} × {tm['simulated_days']:.2f} simulated days in {tm['wall_seconds']:.1f} s "
+        f"({_n(tm['jobs'], 'job')}): {tm['seconds_per_simulated_day']:.2f} s per simulated day; "
+        f"per config, on one core: {per} s per simulated day"
+    )
+    return out
+
+
 def _write(report: SimReport, out: Path, grid: Grid, demand: np.ndarray, opts: SimOptions) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SimInputError(f"--out {out}: cannot create: {exc.strerror or exc}") from None
     lines = info_lines(report.info)
+    after = summary_lines(report.info)
     title = f"tierscale simulate: {Path(opts.trace).name}"
     summary_path = out / "summary.json"
     write_json(summary_path, summary(report.info, report.results))
-    (out / "table.txt").write_text("\n".join(lines) + "\n\n" + report.table + "\n", encoding="utf-8")
+    text = "\n".join(lines) + "\n\n" + report.table + "\n\n" + "\n".join(after) + "\n"
+    (out / "table.txt").write_text(text, encoding="utf-8")
     report.files += [summary_path, out / "table.txt"]
     svg = None
     if opts.plots:
@@ -309,5 +356,5 @@ def _write(report: SimReport, out: Path, grid: Grid, demand: np.ndarray, opts: S
         svg = plot(png, grid.rate, demand, grid.dt, report.results, title)
         report.files.append(png)
     html_path = out / "report.html"
-    write_html(html_path, title, lines, report.table, svg)
+    write_html(html_path, title, lines, report.table + "\n\n" + "\n".join(after), svg)
     report.files.append(html_path)

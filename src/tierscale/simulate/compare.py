@@ -1,11 +1,28 @@
-"""Results of several configs on one trace, ratios to the first, and one score per config.
+"""Results of several configs on one trace, ratios to the first, the score, and the replica-hours budget.
 
-The score is the geometric mean of the ratios (config / first config) of the five SPEC elasticity
-metrics θU, θO, τU, τO and υ: below 1 is better than the first config. It is the reciprocal of BUNGEE's
-"elastic speedup". Jitter is left out because it is signed (a ratio of two negative adaptation deficits
-means nothing); replica-hours and the overflow share are reported beside it, not folded in, so a config
-cannot buy a better score with more replicas unnoticed. Each metric is floored at 0.01 (percentage
-points) before dividing, so a perfect 0 does not make the ratio infinite or zero.
+Every metric of a config is divided by the first config's (the baseline). The **score** weighs what
+users pay for: four equally weighted factors, each a geometric mean of ratios,
+
+    accuracy  A = √(θU ratio · θO ratio)
+    timeshare T = √(τU ratio · τO ratio)
+    overflow  O = ratio of the share of requests above the ready capacity
+    churn     C = √(υ ratio · scalings-per-hour ratio)
+    score       = (A · T · O · C)^(1/4)
+
+so below 1 beats the baseline. The weight is per factor, not per metric: with the seven ratios weighed
+alike, the five SPEC metrics would outvote overflow and scalings, and tuning to the five alone bought
+accuracy with dropped requests and VM churn (issue P). The previous score, the geometric mean of the
+five SPEC ratios θU, θO, τU, τO and υ (the reciprocal of BUNGEE's "elastic speedup"), is kept as
+`spec_score` so earlier results stay comparable. Jitter is in neither: it is signed, and a ratio of two
+negative adaptation deficits means nothing.
+
+Replica-hours are a **constraint**, not a factor: a factor could be traded silently (a config that spends
+40 % more replica-hours could still score below 1 by overflowing less). A config whose replica-hours
+exceed `max_ratio` × the baseline's (default 1.0: no more than the baseline) is "over budget": it is
+marked in the table and the summary and never named the best config, whatever its score.
+
+Each metric is floored before dividing (0.01 percentage points; see `FLOORS` for the others), so a
+perfect 0 does not make a ratio infinite or zero: two perfect zeros tie.
 """
 
 from __future__ import annotations
@@ -15,13 +32,57 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tierscale.simulate.metrics import elasticity, overflow_share, replica_hours
+from tierscale.simulate.metrics import (
+    elasticity,
+    overflow_requests,
+    overflow_share,
+    replica_hours,
+    scalings_per_hour,
+)
 from tierscale.simulate.run import SimRun
 
-__all__ = ["COLUMNS", "FLOOR", "SCORE_METRICS", "Result", "measure", "ratio", "score"]
+__all__ = [
+    "COLUMNS",
+    "DEFAULT_MAX_REPLICA_HOURS",
+    "FLOOR",
+    "FLOORS",
+    "SCORE_FACTORS",
+    "SCORE_METRICS",
+    "SPEC_METRICS",
+    "Result",
+    "best_within_budget",
+    "factors",
+    "measure",
+    "ratio",
+    "replica_hours_ratio",
+    "score",
+    "spec_score",
+    "within_budget",
+]
 
-SCORE_METRICS = ("theta_u", "theta_o", "tau_u", "tau_o", "instability")
-FLOOR = 0.01
+SPEC_METRICS = ("theta_u", "theta_o", "tau_u", "tau_o", "instability")
+# (factor, the metrics whose ratios it is the geometric mean of); the score weighs the factors alike.
+SCORE_FACTORS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("accuracy", ("theta_u", "theta_o")),
+    ("timeshare", ("tau_u", "tau_o")),
+    ("overflow", ("overflow",)),
+    ("churn", ("instability", "scalings_per_hour")),
+)
+SCORE_METRICS = tuple(k for _, keys in SCORE_FACTORS for k in keys)
+FLOOR = 0.01  # percentage points: the SPEC metrics
+# Below each floor a difference is noise to whoever pays: an overflow share of 0.001 % (one request in
+# 100 000, a tenth of a 99.99 % error budget; a lower floor let 0.02 % against 0.0001 % weigh like a
+# 200-fold loss), one request over capacity, one scaling in ten hours.
+FLOORS = {
+    "overflow": 1e-3,
+    "overflow_requests": 1.0,
+    "scalings_per_hour": 0.1,
+    "replica_hours": 1e-9,
+}
+DEFAULT_MAX_REPLICA_HOURS = 1.0
+# A config that spends exactly the baseline's replica-hours is within a 1.0 budget despite float noise.
+BUDGET_SLACK = 1e-9
+
 # key, header, format
 COLUMNS = (
     ("theta_u", "θU %", "{:.2f}"),
@@ -33,6 +94,7 @@ COLUMNS = (
     ("overflow", "overflow %", "{:.3f}"),
     ("replica_hours", "replica-h", "{:.1f}"),
     ("scale_events", "scalings", "{:.0f}"),
+    ("scalings_per_hour", "scalings/h", "{:.2f}"),
 )
 
 
@@ -56,15 +118,15 @@ def measure(
     rates: np.ndarray,
     capacity: float,
     dt: float,
+    scalings: int,
 ) -> dict[str, float]:
     out = elasticity(demand, supply, dt)
     out["overflow"] = overflow_share(rates, supply, capacity)
+    out["overflow_requests"] = overflow_requests(rates, supply, capacity, dt)
     out["replica_hours"] = replica_hours(allocated, dt)
+    out["scale_events"] = float(scalings)
+    out["scalings_per_hour"] = scalings_per_hour(scalings, len(demand), dt)
     return out
-
-
-# The overflow share is tiny next to the SPEC metrics (a few 0.001 % matter): it gets its own floor.
-FLOORS = {"overflow": 1e-4, "replica_hours": 1e-9}
 
 
 def ratio(value: float, base: float, key: str = "") -> float:
@@ -72,6 +134,41 @@ def ratio(value: float, base: float, key: str = "") -> float:
     return max(value, floor) / max(base, floor)
 
 
-def score(metrics: dict[str, float], base: dict[str, float]) -> float:
-    logs = [math.log(ratio(metrics[k], base[k])) for k in SCORE_METRICS]
+def _geo(logs: list[float]) -> float:
     return math.exp(sum(logs) / len(logs))
+
+
+def factors(metrics: dict[str, float], base: dict[str, float]) -> dict[str, float]:
+    """Each factor of the score: the geometric mean of its metrics' ratios to the baseline."""
+    return {
+        name: _geo([math.log(ratio(metrics[k], base[k], k)) for k in keys]) for name, keys in SCORE_FACTORS
+    }
+
+
+def score(metrics: dict[str, float], base: dict[str, float]) -> float:
+    """(accuracy · timeshare · overflow · churn)^(1/4) against the baseline: below 1 is better."""
+    return _geo([math.log(f) for f in factors(metrics, base).values()])
+
+
+def spec_score(metrics: dict[str, float], base: dict[str, float]) -> float:
+    """The geometric mean of the five SPEC ratios θU, θO, τU, τO, υ (the score before issue P)."""
+    return _geo([math.log(ratio(metrics[k], base[k], k)) for k in SPEC_METRICS])
+
+
+def replica_hours_ratio(metrics: dict[str, float], base: dict[str, float]) -> float:
+    return ratio(metrics["replica_hours"], base["replica_hours"], "replica_hours")
+
+
+def within_budget(
+    metrics: dict[str, float], base: dict[str, float], max_ratio: float = DEFAULT_MAX_REPLICA_HOURS
+) -> bool:
+    """Replica-hours at most `max_ratio` × the baseline's."""
+    return replica_hours_ratio(metrics, base) <= max_ratio * (1 + BUDGET_SLACK)
+
+
+def best_within_budget(results: list[Result], max_ratio: float = DEFAULT_MAX_REPLICA_HOURS) -> Result | None:
+    """The config with the lowest score among those within the budget (the oracle is a reference, never
+    a candidate); ties go to the earlier config, so the baseline wins a tie against itself."""
+    base = results[0].metrics
+    fits = [r for r in results if r.run is not None and within_budget(r.metrics, base, max_ratio)]
+    return min(fits, key=lambda r: score(r.metrics, base), default=None)

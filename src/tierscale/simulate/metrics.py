@@ -14,15 +14,24 @@ replicas). With T the total time and x⁺ = max(x, 0):
   positive = oscillating.
 
 ε = 1 replica: with zero demand, each idle replica counts as 100 % over-provisioning for that time.
-Besides these: replica-hours (what was paid for: every replica from the moment it was asked for until
-it was removed, provisioning included) and the share of requests above the ready capacity.
+Besides these, what users pay for: replica-hours (every replica from the moment it was asked for until
+it was removed, provisioning included), the requests above the ready capacity (their count and their
+share of all requests) and scalings per hour (changes of the desired count: each one creates or deletes
+replicas, VMs in a cloud tier).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["EPSILON", "elasticity", "overflow_share", "replica_hours"]
+__all__ = [
+    "EPSILON",
+    "elasticity",
+    "overflow_requests",
+    "overflow_share",
+    "replica_hours",
+    "scalings_per_hour",
+]
 
 EPSILON = 1.0
 
@@ -55,14 +64,28 @@ def elasticity(demand: np.ndarray, supply: np.ndarray, dt: float, eps: float = E
     }
 
 
+def _over(rates: np.ndarray, supply: np.ndarray, capacity: float) -> np.ndarray:
+    r = np.asarray(rates, dtype=np.float64)
+    return np.maximum(r - np.asarray(supply, dtype=np.float64) * capacity, 0.0)
+
+
 def overflow_share(rates: np.ndarray, supply: np.ndarray, capacity: float) -> float:
     """% of the requests that arrived above the ready replicas' combined capacity."""
-    r = np.asarray(rates, dtype=np.float64)
-    total = float(r.sum())
+    total = float(np.asarray(rates, dtype=np.float64).sum())
     if total <= 0:
         return 0.0
-    over = np.maximum(r - np.asarray(supply, dtype=np.float64) * capacity, 0.0)
-    return 100.0 * float(over.sum()) / total
+    return 100.0 * float(_over(rates, supply, capacity).sum()) / total
+
+
+def overflow_requests(rates: np.ndarray, supply: np.ndarray, capacity: float, dt: float) -> float:
+    """Requests that arrived above the ready replicas' combined capacity (rates are req/s per cell)."""
+    return float(_over(rates, supply, capacity).sum()) * dt
+
+
+def scalings_per_hour(scalings: int | float, n: int, dt: float) -> float:
+    """Scale events per simulated hour over `n` cells of `dt` seconds."""
+    hours = n * dt / 3600.0
+    return float(scalings) / hours if hours > 0 else 0.0
 
 
 def replica_hours(allocated: np.ndarray, dt: float) -> float:

@@ -14,7 +14,17 @@ from typing import Any
 
 import numpy as np
 
-from tierscale.simulate.compare import COLUMNS, SCORE_METRICS, Result, ratio, score
+from tierscale.simulate.compare import (
+    COLUMNS,
+    DEFAULT_MAX_REPLICA_HOURS,
+    SPEC_METRICS,
+    Result,
+    factors,
+    ratio,
+    score,
+    spec_score,
+    within_budget,
+)
 
 __all__ = ["format_tables", "plot", "summary", "write_html", "write_json"]
 
@@ -42,25 +52,39 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [line(header), line(["-" * w for w in widths]), *(line(row) for row in rows)]
 
 
-def format_tables(results: list[Result]) -> str:
-    """Metric values for every config (and the oracle), then ratios to the first config and the score."""
+# The ratio table's metric columns, in the order of the score's factors; replica-hours last (the budget).
+RATIO_KEYS = (*SPEC_METRICS, "overflow", "scalings_per_hour", "replica_hours")
+
+
+def format_tables(results: list[Result], max_replica_hours: float = DEFAULT_MAX_REPLICA_HOURS) -> str:
+    """Metric values for every config (and the oracle), then ratios to the first config, both scores and
+    whether each config kept to the replica-hours budget."""
     header = ["config", *(h for _, h, _ in COLUMNS)]
     rows = [[r.name, *(_cells(r, k) for k, _, _ in COLUMNS)] for r in results]
     out = _table(header, rows)
     if len(results) > 1:
         base = results[0]
-        keys = [*SCORE_METRICS, "overflow", "replica_hours"]
-        rheader = [f"ratio to {base.name}", *(h for k, h, _ in COLUMNS if k in keys), "score"]
+        heads = {k: h for k, h, _ in COLUMNS}
+        rheader = [f"ratio to {base.name}", *(heads[k] for k in RATIO_KEYS), "SPEC score", "score", "budget"]
         rrows = [
             [
                 r.name,
-                *(f"{ratio(r.metrics[k], base.metrics[k], k):.3f}" for k in keys),
+                *(f"{ratio(r.metrics[k], base.metrics[k], k):.3f}" for k in RATIO_KEYS),
+                f"{spec_score(r.metrics, base.metrics):.3f}",
                 f"{score(r.metrics, base.metrics):.3f}",
+                "ok" if within_budget(r.metrics, base.metrics, max_replica_hours) else "OVER",
             ]
             for r in results
         ]
         out += ["", *_table(rheader, rrows)]
-        out.append("score: geometric mean of the θU, θO, τU, τO, υ ratios; below 1 beats the first config")
+        out.append(
+            "score = (accuracy · timeshare · overflow · churn)^¼ of the ratios: accuracy √(θU·θO), "
+            "timeshare √(τU·τO), churn √(υ·scalings/h)"
+        )
+        out.append(
+            f"SPEC score: θU, θO, τU, τO, υ only. Below 1 beats {base.name}. OVER: replica-h ratio above "
+            f"{max_replica_hours:.2f} (never the best config, whatever its score)"
+        )
     return "\n".join(out)
 
 
@@ -70,6 +94,7 @@ def _round(x: float) -> float:
 
 def summary(info: dict[str, Any], results: list[Result]) -> dict[str, Any]:
     base = results[0].metrics
+    budget = info.get("score", {}).get("max_replica_hours", DEFAULT_MAX_REPLICA_HOURS)
     runs = []
     for r in results:
         entry: dict[str, Any] = {
@@ -80,6 +105,9 @@ def summary(info: dict[str, Any], results: list[Result]) -> dict[str, Any]:
             "metrics": {k: _round(v) for k, v in r.metrics.items()},
             "ratios": {k: _round(ratio(v, base[k], k)) for k, v in r.metrics.items() if k != "jitter"},
             "score": _round(score(r.metrics, base)),
+            "spec_score": _round(spec_score(r.metrics, base)),
+            "factors": {k: _round(v) for k, v in factors(r.metrics, base).items()},
+            "within_budget": within_budget(r.metrics, base, budget),
             **{k: _round(v) for k, v in r.extra.items()},
         }
         if r.run is not None:

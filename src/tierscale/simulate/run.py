@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +33,8 @@ __all__ = ["ScaleRecord", "SimRun", "simulate"]
 
 P95_FACTOR = math.log(20.0)  # M/M/1: P(sojourn > x) = exp(-x (1 - rho) / S), so p95 = ln 20 · S / (1 - rho)
 MAX_RHO = 0.99  # past this the queue model says "unbounded"; cap so the metric stays finite
+SHORT_FILL = 64  # cells: up to this many between two passes are filled in plain Python, more with numpy
+PROGRESS_EVERY = 512  # passes between progress reports: ~0.1-0.3 s of work, far below a redraw's cost
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class SimRun:
     desired_v: list[int]
     passes: int  # policy evaluations
     seconds: float  # wall time of the run
+    cpu_seconds: float = 0.0  # CPU time of the run: what it costs, whatever else the machine is doing
     decisions: list[Decision] = field(default_factory=list)  # only with keep_decisions
     snapshots: list[GroupSnapshot] = field(default_factory=list)  # only with keep_decisions
 
@@ -82,8 +86,7 @@ class _Sim:
         n = grid.n
         self.d_ready = np.zeros(n + 1, dtype=np.int64)
         self.d_alloc = np.zeros(n + 1, dtype=np.int64)
-        self.ready = np.zeros(n, dtype=np.int64)
-        self.alloc = np.zeros(n, dtype=np.int64)
+        self.ready_now = 0  # ready replicas in the last filled cell
         # Prefix sums over filled cells: per-replica utilization, served requests, served × p95.
         self.p_util = np.zeros(n + 1)
         self.p_served = np.zeros(n + 1)
@@ -92,6 +95,7 @@ class _Sim:
         self.replicas: list[_Replica] = []
         self.counter = 0
         self.service_ms = 1000.0 / model.capacity
+        self.lat_factor = self.service_ms * P95_FACTOR
         # scale_to_zero: the last cell with any load at or before each cell (-1: none yet).
         loaded = np.where(grid.rate > 0, np.arange(n), -1)
         self.last_loaded = np.maximum.accumulate(loaded) if n else loaded
@@ -146,21 +150,58 @@ class _Sim:
         a = self.filled
         if k <= a:
             return
-        base_r = self.ready[a - 1] if a else 0
-        base_a = self.alloc[a - 1] if a else 0
-        ready = base_r + np.cumsum(self.d_ready[a:k])
-        self.ready[a:k] = ready
-        self.alloc[a:k] = base_a + np.cumsum(self.d_alloc[a:k])
+        if k - a <= SHORT_FILL:
+            self._fill_short(a, k)
+        else:
+            self._fill_numpy(a, k)
+        self.filled = k
+
+    def _fill_numpy(self, a: int, k: int) -> None:
+        ready = self.ready_now + np.cumsum(self.d_ready[a:k])
+        self.ready_now = int(ready[-1])
         rate = self.grid.rate[a:k]
         cap = ready * self.model.capacity
         served = np.minimum(rate, cap)
         with np.errstate(divide="ignore", invalid="ignore"):
             util = np.where(ready > 0, np.minimum(rate / np.maximum(cap, 1e-300), 1.0), 0.0)
-        lat = self.service_ms * P95_FACTOR / (1.0 - np.minimum(util, MAX_RHO))
+        lat = self.lat_factor / (1.0 - np.minimum(util, MAX_RHO))
         self.p_util[a + 1 : k + 1] = self.p_util[a] + np.cumsum(util)
         self.p_served[a + 1 : k + 1] = self.p_served[a] + np.cumsum(served)
         self.p_lat[a + 1 : k + 1] = self.p_lat[a] + np.cumsum(served * lat)
-        self.filled = k
+
+    def _fill_short(self, a: int, k: int) -> None:
+        # The same arithmetic as `_fill_numpy`, operation for operation (np.cumsum adds in sequence), so
+        # the two paths give the same bits; between two passes a few cells at most, where a dozen numpy
+        # calls on tiny slices cost more than the arithmetic.
+        capacity, lat_factor = self.model.capacity, self.lat_factor
+        p_util, p_served, p_lat = self.p_util, self.p_served, self.p_lat
+        base_u, base_s, base_l = float(p_util[a]), float(p_served[a]), float(p_lat[a])
+        cu = cs = cl = 0.0
+        ready = self.ready_now
+        c = a
+        for d, rate in zip(self.d_ready[a:k].tolist(), self.grid.rate[a:k].tolist(), strict=True):
+            ready += d
+            cap = ready * capacity
+            served = cap if cap < rate else rate
+            if ready > 0:
+                x = rate / (cap if cap > 1e-300 else 1e-300)
+                util = x if x < 1.0 else 1.0
+            else:
+                util = 0.0
+            lat = lat_factor / (1.0 - (util if util < MAX_RHO else MAX_RHO))
+            cu += util
+            cs += served
+            cl += served * lat
+            c += 1
+            p_util[c] = base_u + cu
+            p_served[c] = base_s + cs
+            p_lat[c] = base_l + cl
+        self.ready_now = ready
+
+    def series(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ready, allocated) per cell, once every cell is filled."""
+        n = self.grid.n
+        return np.cumsum(self.d_ready[:n]), np.cumsum(self.d_alloc[:n])
 
     # ---- observe ----------------------------------------------------------------------------------
     def metrics(self, t: float, k: int) -> tuple[MetricInput, ...]:
@@ -243,9 +284,11 @@ def simulate(
     seed: int = 0,
     epoch: float = 0.0,
     keep_decisions: bool = False,
+    progress: Callable[[float], None] | None = None,
 ) -> SimRun:
-    """Run one group over the whole grid. `initial` replicas are ready at t = 0."""
-    started = time.perf_counter()
+    """Run one group over the whole grid. `initial` replicas are ready at t = 0. `progress`, if given, is
+    called now and then with the simulated time reached (seconds since the start of the grid)."""
+    started, cpu_started = time.perf_counter(), time.process_time()
     sim = _Sim(s, grid, model, delay, seed, epoch, initial)
     state = PolicyState()
     events: list[ScaleRecord] = []
@@ -261,6 +304,8 @@ def simulate(
         snap = sim.snapshot(t, k)
         decision, state = policy_step(s.plan, snap, state)
         passes += 1
+        if progress is not None and passes % PROGRESS_EVERY == 0:
+            progress(t)
         if keep_decisions:
             snapshots.append(snap)
             decisions.append(decision)
@@ -274,14 +319,18 @@ def simulate(
         wake = min((r.ready_at for r in sim.replicas if r.ready_at > t), default=math.inf)
         t = min(t + s.sync_period, wake)
     sim.fill(grid.n)
+    if progress is not None:
+        progress(end)
+    ready, allocated = sim.series()
     return SimRun(
-        ready=sim.ready,
-        allocated=sim.alloc,
+        ready=ready,
+        allocated=allocated,
         events=events,
         desired_t=desired_t,
         desired_v=desired_v,
         passes=passes,
         seconds=time.perf_counter() - started,
+        cpu_seconds=time.process_time() - cpu_started,
         decisions=decisions,
         snapshots=snapshots,
     )
